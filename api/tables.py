@@ -1,0 +1,135 @@
+"""Postgres schema (SQLAlchemy 2). Postgres is the source of truth for jobs; Celery only delivers.
+
+Schema changes go through Alembic (migrations/); never `create_all` in production code.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+from sqlalchemy import (
+    BigInteger, Boolean, DateTime, Double, ForeignKey, Index, Integer, String, Text, func,
+)
+from sqlalchemy.dialects.postgresql import JSONB, UUID
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+JOB_STATUSES = ("queued", "running", "cancelling", "succeeded", "failed", "cancelled")
+ACTIVE_STATUSES = ("queued", "running", "cancelling")
+TERMINAL_STATUSES = ("succeeded", "failed", "cancelled")
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+def _now() -> Mapped[datetime]:
+    return mapped_column(DateTime(timezone=True), server_default=func.now(), nullable=False)
+
+
+class ApiKey(Base):
+    __tablename__ = "api_keys"
+    id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True, default=uuid.uuid4)
+    owner: Mapped[str] = mapped_column(String(128), nullable=False, index=True)
+    key_hash: Mapped[str] = mapped_column(String(64), nullable=False, unique=True)  # sha256 hex
+    prefix: Mapped[str] = mapped_column(String(16), nullable=False)  # first chars, for display
+    created_at: Mapped[datetime] = _now()
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+    id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True, default=uuid.uuid4)
+    owner: Mapped[str] = mapped_column(String(128), nullable=False)
+    status: Mapped[str] = mapped_column(String(16), nullable=False, default="queued")
+    phase: Mapped[str | None] = mapped_column(String(32))  # loading, training, evaluating, exporting
+    attempt: Mapped[int] = mapped_column(Integer, nullable=False, default=0)  # bumped by each claim
+    max_attempts: Mapped[int] = mapped_column(Integer, nullable=False, default=3)
+    spec: Mapped[dict] = mapped_column(JSONB, nullable=False)  # resolved spec (recipe filled in)
+    job_metadata: Mapped[dict] = mapped_column("metadata", JSONB, nullable=False, default=dict)
+    progress: Mapped[dict] = mapped_column(JSONB, nullable=False, default=dict)  # epoch, step, total_steps
+    latest_metrics: Mapped[dict] = mapped_column(JSONB, nullable=False, default=dict)
+    result: Mapped[dict | None] = mapped_column(JSONB)  # final and best metrics
+    error_code: Mapped[str | None] = mapped_column(String(64))
+    error_message: Mapped[str | None] = mapped_column(Text)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+    runtime_limit_seconds: Mapped[int] = mapped_column(Integer, nullable=False)
+    worker_id: Mapped[str | None] = mapped_column(String(255))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    published_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))  # outbox marker
+    idempotency_key: Mapped[str | None] = mapped_column(String(255))
+    request_hash: Mapped[str | None] = mapped_column(String(64))  # sha256 of the submitted body
+    created_at: Mapped[datetime] = _now()
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), onupdate=func.now(), nullable=False
+    )
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (
+        Index("ix_jobs_owner_created", "owner", "created_at", "id"),
+        Index("ix_jobs_status", "status"),
+        Index(
+            "uq_jobs_owner_idempotency", "owner", "idempotency_key", unique=True,
+            postgresql_where="idempotency_key IS NOT NULL",
+        ),
+    )
+
+
+class JobEvent(Base):
+    """Every state transition and notable event of a job (the events endpoint)."""
+
+    __tablename__ = "job_events"
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    job_id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False, index=True
+    )
+    ts: Mapped[datetime] = _now()
+    type: Mapped[str] = mapped_column(String(64), nullable=False)  # e.g. status, phase, requeued
+    attempt: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    data: Mapped[dict] = mapped_column(JSONB, nullable=False, default=dict)
+
+
+class MetricPoint(Base):
+    """MLflow-style metric history; (job, name, step) is unique so re-sent batches are no-ops."""
+
+    __tablename__ = "metric_points"
+    job_id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True
+    )
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    step: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    value: Mapped[float] = mapped_column(Double, nullable=False)
+    epoch: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    ts: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+
+
+class Artifact(Base):
+    __tablename__ = "artifacts"
+    job_id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True
+    )
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)  # student.safetensors, ...
+    path: Mapped[str] = mapped_column(Text, nullable=False)  # relative to settings.artifacts_dir
+    size: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    sha256: Mapped[str] = mapped_column(String(64), nullable=False)
+    media_type: Mapped[str] = mapped_column(String(128), nullable=False)
+    created_at: Mapped[datetime] = _now()
+
+
+class UploadedModel(Base):
+    """A teacher uploaded as safetensors; usable as `{"source": "model", "model_id": ...}`."""
+
+    __tablename__ = "uploaded_models"
+    id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True, default=uuid.uuid4)
+    owner: Mapped[str] = mapped_column(String(128), nullable=False, index=True)
+    arch: Mapped[str] = mapped_column(String(128), nullable=False)
+    num_classes: Mapped[int] = mapped_column(Integer, nullable=False)
+    image_size: Mapped[int | None] = mapped_column(Integer)
+    mean: Mapped[list | None] = mapped_column(JSONB)
+    std: Mapped[list | None] = mapped_column(JSONB)
+    filename: Mapped[str] = mapped_column(String(255), nullable=False)
+    path: Mapped[str] = mapped_column(Text, nullable=False)  # relative to settings.uploads_dir
+    size: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    sha256: Mapped[str] = mapped_column(String(64), nullable=False)
+    created_at: Mapped[datetime] = _now()
