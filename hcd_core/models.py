@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # torch/timm are imported lazily: hcd_core.spec (and the API) import this module
+    import torch.nn as nn
+
 # Allow-listed timm architectures. `create_model` is never called with any other name, which also
 # keeps `hf-hub:` names (arbitrary remote code/weights) out. The `test_*` models are timm's tiny
 # test networks: real architectures of each family, small enough for CPU tests.
@@ -19,3 +24,41 @@ ALLOWED_ARCHS: tuple[str, ...] = (
     # tiny test networks
     "test_resnet", "test_efficientnet", "test_convnext", "test_vit",
 )
+
+# Used when a model's pretrained_cfg carries no normalisation (timm's own default).
+_IMAGENET_MEAN = (0.485, 0.456, 0.406)
+_IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def check_arch(arch: str) -> None:
+    """Raise ValueError unless `arch` is allow-listed (checked before timm sees the name)."""
+    if arch not in ALLOWED_ARCHS:
+        raise ValueError(f"architecture {arch!r} is not allowed; choose one of: {', '.join(ALLOWED_ARCHS)}")
+
+
+def create_timm_model(arch: str, num_classes: int, image_size: int, *, pretrained: bool = False) -> nn.Module:
+    """Build an allow-listed timm model for `num_classes` classes and `image_size` inputs.
+
+    `pretrained=True` downloads timm's weights (needs internet): opt-in only.
+    """
+    import timm
+
+    check_arch(arch)
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    kwargs: dict = {"pretrained": pretrained, "num_classes": num_classes}
+    try:
+        return timm.create_model(arch, img_size=image_size, **kwargs)
+    except TypeError as err:
+        # CNNs take any input size and have no img_size argument.
+        if "img_size" not in str(err):
+            raise
+    return timm.create_model(arch, **kwargs)
+
+
+def timm_default_normalisation(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) the architecture's pretrained weights expect, from its pretrained_cfg."""
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    mean = tuple(float(v) for v in cfg.get("mean", _IMAGENET_MEAN))
+    std = tuple(float(v) for v in cfg.get("std", _IMAGENET_STD))
+    return mean, std

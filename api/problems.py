@@ -1,0 +1,145 @@
+"""RFC 9457 problem details (`application/problem+json`) for every error the API returns.
+
+Each problem has a stable machine `code`; spec and request validation problems add
+`errors: [{"loc": "method.temperature", "msg": "..."}]` naming the faulty fields.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Iterable
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+_log = logging.getLogger(__name__)
+
+_TITLES = {
+    400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
+    405: "Method Not Allowed", 406: "Not Acceptable", 409: "Conflict", 413: "Content Too Large",
+    415: "Unsupported Media Type", 416: "Range Not Satisfiable", 422: "Unprocessable Content",
+    429: "Too Many Requests", 500: "Internal Server Error", 503: "Service Unavailable",
+}
+_DEFAULT_CODES = {
+    400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
+    405: "method_not_allowed", 406: "not_acceptable", 409: "conflict", 413: "payload_too_large",
+    415: "unsupported_media_type", 416: "range_not_satisfiable", 422: "validation_error",
+    429: "too_many_requests", 500: "internal_error", 503: "unavailable",
+}
+
+
+class ProblemError(Exception):
+    """Raise anywhere in a request to answer with a problem+json response."""
+
+    def __init__(
+        self, status: int, code: str, detail: str, *, title: str | None = None,
+        errors: list[dict[str, str]] | None = None, headers: dict[str, str] | None = None,
+        **extra: Any,
+    ):
+        super().__init__(detail)
+        self.status, self.code, self.detail = status, code, detail
+        self.title = title or _TITLES.get(status, "Error")
+        self.errors, self.headers, self.extra = errors, headers or {}, extra
+
+
+def problem_response(
+    status: int, code: str, detail: str, *, title: str | None = None,
+    errors: list[dict[str, str]] | None = None, headers: dict[str, str] | None = None,
+    instance: str | None = None, **extra: Any,
+) -> JSONResponse:
+    body: dict[str, Any] = {
+        "type": f"https://hcd.dev/problems/{code.replace('_', '-')}",
+        "title": title or _TITLES.get(status, "Error"),
+        "status": status,
+        "code": code,
+        "detail": detail,
+    }
+    if instance:
+        body["instance"] = instance
+    if errors is not None:
+        body["errors"] = errors
+    body.update(extra)
+    return JSONResponse(body, status_code=status, headers=headers, media_type=PROBLEM_MEDIA_TYPE)
+
+
+def not_found(what: str = "resource") -> ProblemError:
+    return ProblemError(404, "not_found", f"{what} not found")
+
+
+def _loc_to_str(loc: Iterable[Any]) -> str:
+    return ".".join(str(part) for part in loc)
+
+
+def pydantic_errors(errors: Iterable[dict], data: Any = None, prefix: tuple = ()) -> list[dict[str, str]]:
+    """[{"loc": "a.b", "msg": ...}] from pydantic errors.
+
+    Discriminated unions put the tag in the location (('method', 'hcd', 'temperature')); with the
+    submitted `data` at hand, path parts that are not keys of it (and not the last part, which may
+    name a missing field) are such tags and are dropped, giving 'method.temperature'.
+    """
+    out = []
+    for err in errors:
+        loc = list(err.get("loc", ()))
+        clean: list[Any] = []
+        node = data
+        for i, part in enumerate(loc):
+            last = i == len(loc) - 1
+            if isinstance(node, dict):
+                if part in node:
+                    clean.append(part)
+                    node = node[part]
+                    continue
+                if not last and data is not None:
+                    continue  # a union tag or validator name, not a field
+                clean.append(part)
+                node = None
+            elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+                clean.append(part)
+                node = node[part]
+            else:
+                if data is not None and not last and isinstance(part, str) and not isinstance(node, (dict, list)):
+                    continue
+                clean.append(part)
+                node = None
+        msg = str(err.get("msg", "invalid value"))
+        out.append({"loc": _loc_to_str((*prefix, *clean)), "msg": msg, "type": str(err.get("type", ""))})
+    return out
+
+
+def install_problem_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ProblemError)
+    async def _problem(request: Request, exc: ProblemError):
+        return problem_response(
+            exc.status, exc.code, exc.detail, title=exc.title, errors=exc.errors,
+            headers=exc.headers, instance=request.url.path, **exc.extra,
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError):
+        errors = [
+            {"loc": _loc_to_str(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))}
+            for e in exc.errors()
+        ]
+        names = ", ".join(e["loc"] for e in errors) or "request"
+        return problem_response(
+            422, "validation_error", f"invalid request: {names}", errors=errors, instance=request.url.path
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException):
+        status = exc.status_code
+        detail = exc.detail if isinstance(exc.detail, str) else _TITLES.get(status, "error")
+        if status == 404 and detail == "Not Found":
+            detail = f"no route matches {request.url.path}"
+        return problem_response(
+            status, _DEFAULT_CODES.get(status, "error"), detail,
+            headers=getattr(exc, "headers", None), instance=request.url.path,
+        )
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception):
+        _log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return problem_response(500, "internal_error", "internal server error", instance=request.url.path)

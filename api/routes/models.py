@@ -1,0 +1,170 @@
+"""/models: upload a teacher as safetensors (checked against its architecture), list, get."""
+
+from __future__ import annotations
+
+import json
+import math
+import uuid
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+from sqlalchemy import select, tuple_
+from sqlalchemy.orm import Session
+
+from api import jobs_service
+from api.deps import get_session, require_owner
+from api.pagination import DEFAULT_LIMIT, MAX_LIMIT, decode_cursor, encode_cursor
+from api.problems import ProblemError
+from api.schemas import ModelList, ModelOut
+from api.tables import UploadedModel
+from api.uploads import check_fits_model, invalid_upload, receive_upload
+from hcd_core.models import ALLOWED_ARCHS
+
+router = APIRouter(prefix="/models", tags=["models"])
+Owner = Annotated[str, Depends(require_owner)]
+DB = Annotated[Session, Depends(get_session)]
+_PROBLEM = {"content": {"application/problem+json": {}}}
+
+_UPLOAD_FORM = {
+    "type": "object",
+    "required": ["file", "arch", "num_classes"],
+    "properties": {
+        "file": {"type": "string", "format": "binary", "description": "safetensors weights (nothing else)"},
+        "arch": {"type": "string", "enum": list(ALLOWED_ARCHS)},
+        "num_classes": {"type": "integer", "minimum": 1, "maximum": 100000},
+        "image_size": {"type": "integer", "minimum": 16, "maximum": 1024,
+                       "description": "input size it was trained at (needed for ViT-like models)"},
+        "mean": {"type": "string", "description": "normalisation mean, JSON list or 'a,b,c'"},
+        "std": {"type": "string", "description": "normalisation std, JSON list or 'a,b,c'"},
+    },
+}
+
+
+def model_to_dict(m: UploadedModel) -> dict:
+    return {
+        "id": m.id, "object": "model", "arch": m.arch, "num_classes": m.num_classes,
+        "image_size": m.image_size, "mean": m.mean, "std": m.std, "filename": m.filename,
+        "size": m.size, "sha256": m.sha256, "created_at": m.created_at,
+    }
+
+
+def _int_field(fields: dict, name: str, low: int, high: int, required: bool) -> int | None:
+    raw = fields.get(name)
+    if raw is None or raw == "":
+        if required:
+            raise invalid_upload(f"form field {name!r} is required", name)
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        raise invalid_upload(f"{name} must be an integer", name) from None
+    if not low <= value <= high:
+        raise invalid_upload(f"{name} must be between {low} and {high}", name)
+    return value
+
+
+def _triple(fields: dict, name: str, positive: bool) -> list[float] | None:
+    raw = fields.get(name)
+    if not raw:
+        return None
+    try:
+        values = json.loads(raw) if raw.lstrip().startswith("[") else [float(v) for v in raw.split(",")]
+        values = [float(v) for v in values]
+    except (ValueError, TypeError):
+        raise invalid_upload(f"{name} must be three numbers", name) from None
+    if len(values) != 3 or not all(math.isfinite(v) and abs(v) <= 1e3 for v in values) or (
+        positive and not all(v > 0 for v in values)
+    ):
+        raise invalid_upload(f"{name} must be three finite numbers{' > 0' if positive else ''}", name)
+    return values
+
+
+@router.post(
+    "",
+    status_code=201,
+    response_model=ModelOut,
+    summary="Upload a teacher model (safetensors only)",
+    description="multipart/form-data with `file` (safetensors), `arch` (allow-listed), `num_classes`, "
+                "optional `image_size`, `mean`, `std`. Pickled files are rejected, nothing is unpickled.",
+    openapi_extra={"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": _UPLOAD_FORM}}}},
+    responses={401: _PROBLEM, 413: _PROBLEM, 415: _PROBLEM, 422: _PROBLEM},
+)
+async def upload_model(request: Request, owner: Owner):
+    settings = request.app.state.settings
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > settings.max_upload_bytes + 64 * 1024:
+        raise ProblemError(413, "payload_too_large", f"uploads are limited to {settings.max_upload_bytes} bytes")
+    uploads_dir = settings.uploads_dir
+    parsed = await receive_upload(request.headers.get("content-type", ""), request.stream(),
+                                  uploads_dir, settings.max_upload_bytes)
+    try:
+        fields = parsed.fields
+        arch = fields.get("arch", "")
+        if arch not in ALLOWED_ARCHS:
+            raise invalid_upload(f"arch {arch[:100]!r} is not allowed; choose one of: {', '.join(ALLOWED_ARCHS)}", "arch")
+        num_classes = _int_field(fields, "num_classes", 1, 100_000, True)
+        image_size = _int_field(fields, "image_size", 16, 1024, False)
+        mean, std = _triple(fields, "mean", False), _triple(fields, "std", True)
+        await run_in_threadpool(check_fits_model, parsed.file_path, arch, num_classes, image_size)
+        model_id = uuid.uuid4()
+        final = uploads_dir / f"{model_id}.safetensors"
+        parsed.file_path.replace(final)
+
+        def insert() -> UploadedModel:
+            with request.app.state.sessionmaker() as session:
+                row = UploadedModel(
+                    id=model_id, owner=owner, arch=arch, num_classes=num_classes, image_size=image_size,
+                    mean=mean, std=std, filename=parsed.filename or "model.safetensors",
+                    path=final.name, size=parsed.size, sha256=parsed.sha256,
+                )
+                session.add(row)
+                session.commit()
+                session.refresh(row)
+                return row
+
+        try:
+            row = await run_in_threadpool(insert)
+        except Exception:
+            final.unlink(missing_ok=True)
+            raise
+    finally:
+        parsed.file_path.unlink(missing_ok=True)
+    body = ModelOut.model_validate(model_to_dict(row)).model_dump(mode="json")
+    return JSONResponse(body, status_code=201, headers={"Location": f"/models/{row.id}"})
+
+
+@router.get("", response_model=ModelList, summary="List your uploaded models, newest first")
+def list_models(
+    owner: Owner, session: DB,
+    after: Annotated[str | None, Query(max_length=512)] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
+):
+    query = select(UploadedModel).where(UploadedModel.owner == owner)
+    if after:
+        created_iso, model_id = decode_cursor(after, (str, str))
+        try:
+            created, uid = datetime.fromisoformat(created_iso), uuid.UUID(model_id)
+        except ValueError:
+            raise ProblemError(422, "validation_error", "invalid cursor",
+                               errors=[{"loc": "query.after", "msg": "not a cursor from this API"}]) from None
+        query = query.where(tuple_(UploadedModel.created_at, UploadedModel.id) < tuple_(created, uid))
+    rows = session.execute(
+        query.order_by(UploadedModel.created_at.desc(), UploadedModel.id.desc()).limit(limit + 1)
+    ).scalars().all()
+    page, has_more = rows[:limit], len(rows) > limit
+    cursor = encode_cursor(page[-1].created_at.isoformat(), str(page[-1].id)) if has_more else None
+    return {"data": [model_to_dict(m) for m in page], "has_more": has_more, "next_cursor": cursor}
+
+
+@router.get("/{model_id}", response_model=ModelOut, summary="Get an uploaded model", responses={404: _PROBLEM})
+def get_model(model_id: str, owner: Owner, session: DB):
+    uid = jobs_service.parse_uuid(model_id, "model")
+    row = session.execute(
+        select(UploadedModel).where(UploadedModel.id == uid, UploadedModel.owner == owner)
+    ).scalar_one_or_none()
+    if row is None:
+        raise ProblemError(404, "not_found", "model not found")
+    return model_to_dict(row)

@@ -1,0 +1,185 @@
+"""`hcd train` (one job from a spec file, on this machine) and `hcd eval` (an exported student)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+from pathlib import Path
+
+EXIT_BAD_INPUT = 2
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("train", help="train one job from a YAML/JSON spec on this machine")
+    p.add_argument("spec", type=Path, help="job spec (.yaml, .yml or .json)")
+    p.add_argument("--output", "-o", type=Path, required=True, help="folder for student.safetensors, model_card.json, metrics.jsonl")
+    p.add_argument("--data-root", type=Path, default=None, help="base folder for relative dataset roots")
+    p.add_argument("--resume", action="store_true", help="continue from the checkpoint in OUTPUT/checkpoint")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train)
+
+    e = subparsers.add_parser("eval", help="evaluate an exported student (top-1/top-5 as JSON)")
+    e.add_argument("weights", type=Path, help="student.safetensors (model_card.json next to it)")
+    e.add_argument("--dataset", required=True, choices=["cifar10", "cifar100", "imagefolder", "digits", "synthetic"])
+    e.add_argument("--root", default=None, help="dataset root (cifar/imagefolder)")
+    e.add_argument("--image-size", type=int, default=None, help="input size (default: the card's)")
+    e.add_argument("--batch-size", type=int, default=256)
+    e.add_argument("--card", type=Path, default=None, help="model card (default: next to the weights)")
+    e.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    e.set_defaults(func=cmd_eval)
+
+
+def _fail(message: str) -> int:
+    print(f"hcd: error: {message}", file=sys.stderr)
+    return EXIT_BAD_INPUT
+
+
+def load_spec_document(path: Path) -> dict:
+    text = path.read_text()
+    if path.suffix.lower() in (".yaml", ".yml"):
+        import yaml
+
+        doc = yaml.safe_load(text)
+    else:
+        doc = json.loads(text)
+    if not isinstance(doc, dict):
+        raise ValueError("the spec must be a mapping with keys method, student, dataset, ...")
+    return doc
+
+
+def format_validation_error(err) -> str:
+    lines = []
+    for e in err.errors():
+        where = ".".join(str(part) for part in e["loc"]) or "(spec)"
+        lines.append(f"  {where}: {e['msg']}")
+    return "invalid spec:\n" + "\n".join(lines)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from hcd_core.spec import parse_spec
+
+    # Validate everything before any model is built.
+    try:
+        doc = load_spec_document(args.spec)
+    except FileNotFoundError:
+        return _fail(f"spec file not found: {args.spec}")
+    except ValueError as err:  # JSON errors are ValueErrors
+        return _fail(f"cannot read spec {args.spec}: {err}")
+    except Exception as err:  # yaml.YAMLError
+        return _fail(f"cannot read spec {args.spec}: {err}")
+    try:
+        spec = parse_spec(doc)
+    except ValidationError as err:
+        return _fail(format_validation_error(err))
+
+    teacher_weights, teacher_card = None, None
+    if spec.teacher is not None:
+        source = spec.teacher.weights.source
+        if source in ("job", "model"):
+            return _fail(
+                f"teacher.weights.source {source!r} refers to the service's jobs/models; locally use "
+                '{"source": "file", "path": "teacher/student.safetensors"} (or "timm" with internet)'
+            )
+        if source == "file":
+            teacher_weights = Path(spec.teacher.weights.path).expanduser()
+            if not teacher_weights.is_absolute():
+                teacher_weights = args.spec.resolve().parent / teacher_weights
+            if not teacher_weights.is_file():
+                return _fail(f"teacher.weights.path: file not found: {teacher_weights}")
+            card_path = teacher_weights.with_name("model_card.json")
+            if card_path.is_file():
+                teacher_card = json.loads(card_path.read_text())
+
+    from hcd_core.checkpoint import CHECKPOINT_NAME
+
+    checkpoint_dir = args.output / "checkpoint"
+    if (checkpoint_dir / CHECKPOINT_NAME).is_file() and not args.resume:
+        return _fail(f"{args.output} holds a checkpoint of an earlier run: pass --resume, or choose another --output")
+
+    return _run_train(args, spec, teacher_weights, teacher_card, checkpoint_dir)
+
+
+def _run_train(args, spec, teacher_weights, teacher_card, checkpoint_dir) -> int:
+    from tqdm import tqdm
+
+    from hcd_core.checkpoint import CheckpointMismatch
+    from hcd_core.data import DatasetUnavailable
+    from hcd_core.engine import RunHooks, run_job
+
+    bar = None
+    shown: dict[str, float] = {}
+    stop = {"requested": False}
+
+    def on_progress(p) -> None:
+        nonlocal bar
+        if args.no_progress:
+            return
+        if bar is None:
+            bar = tqdm(total=p.total_steps, initial=p.step - 1, unit="step", dynamic_ncols=True)
+        bar.set_description(f"epoch {p.epoch + 1}/{p.epochs}")
+        bar.update(p.step - bar.n)
+
+    def on_metrics(points) -> None:
+        for pt in points:
+            if pt.name in ("loss", "lr", "val_top1"):
+                shown["acc" if pt.name == "val_top1" else pt.name] = pt.value
+        if bar is not None:
+            bar.set_postfix({k: f"{v:.4g}" for k, v in shown.items()}, refresh=False)
+
+    def on_sigint(signum, frame) -> None:
+        if stop["requested"]:
+            raise KeyboardInterrupt
+        stop["requested"] = True
+        print("\nstopping after this step (Ctrl-C again to abort)...", file=sys.stderr)
+
+    hooks = RunHooks(on_metrics=on_metrics, on_progress=on_progress, should_stop=lambda: stop["requested"],
+                     stop_check_every=1)
+    previous = signal.signal(signal.SIGINT, on_sigint) if _main_thread() else None
+    try:
+        result = run_job(spec, output_dir=args.output, checkpoint_dir=checkpoint_dir,
+                         teacher_weights=teacher_weights, teacher_card=teacher_card, hooks=hooks,
+                         data_root=args.data_root)
+    except (CheckpointMismatch, DatasetUnavailable, FileNotFoundError, ValueError) as err:
+        return _fail(str(err))
+    finally:
+        if bar is not None:
+            bar.close()
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+    out = {"status": result.status, "epoch": result.epoch, "step": result.step,
+           "final": result.final_metrics, "best": result.best_metrics,
+           "artifacts": {k: str(v) for k, v in result.artifacts.items()}}
+    print(json.dumps(out))
+    if result.status == "stopped":
+        print(f"stopped; continue with: hcd train {args.spec} --output {args.output} --resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from hcd_core.data import DatasetUnavailable
+    from hcd_core.evaluate import evaluate_exported
+
+    if not args.weights.is_file():
+        return _fail(f"weights not found: {args.weights}")
+    try:
+        metrics = evaluate_exported(args.weights, dataset=args.dataset, root=args.root, image_size=args.image_size,
+                                    batch_size=args.batch_size, card_path=args.card, device=args.device)
+    except ValidationError as err:
+        return _fail(format_validation_error(err))
+    except (DatasetUnavailable, FileNotFoundError, ValueError, RuntimeError) as err:
+        return _fail(str(err))
+    print(json.dumps({"top1": metrics["val_top1"], "top5": metrics["val_top5"], "loss": metrics["val_loss"]}))
+    return 0

@@ -1,0 +1,360 @@
+"""Datasets, augmentation and deterministic batch iteration.
+
+Two kinds of data:
+- tensor datasets (`digits`, `synthetic`): held in memory at a small base resolution in [0, 1];
+  each batch is upscaled, augmented on tensors and normalised in one go (cheap, no DataLoader).
+- file datasets (`cifar10`, `cifar100`, `imagefolder`): torchvision datasets with per-sample
+  transforms, read through a DataLoader.
+
+Shuffling and augmentation are pure functions of an `epoch_seed` (drawn by the trainer from a
+checkpointed generator) and the sample/batch index, so a run resumed mid-epoch sees exactly the
+batches an uninterrupted run would have seen.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from hcd_core.spec import DatasetSpec
+
+Norm = tuple[tuple[float, float, float], tuple[float, float, float]]
+
+CIFAR10_NORM: Norm = ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
+CIFAR100_NORM: Norm = ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))
+IMAGENET_NORM: Norm = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+# Computed once over the training split at 32 px (grey digits: the same value on every channel).
+DIGITS_NORM: Norm = ((0.3058, 0.3058, 0.3058), (0.3239, 0.3239, 0.3239))
+# Computed once over the default synthetic training set.
+SYNTHETIC_NORM: Norm = ((0.4796, 0.4751, 0.4875), (0.2923, 0.2845, 0.2896))
+
+DIGITS_SPLIT_SEED = 20240601  # fixed: the digits train/test split never depends on the job seed
+DIGITS_TRAIN_FRACTION = 0.8
+SYNTHETIC_SEED = 1234  # fixed: the synthetic task never depends on the job seed
+SYNTHETIC_DEFAULTS = dict(num_classes=10, train_size=2000, val_size=500)
+_SYNTHETIC_BASE_MAX = 32  # synthetic images are generated at most this large, then upscaled
+
+
+class DatasetUnavailable(RuntimeError):
+    """The dataset is not on disk (and downloading was not asked for)."""
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    name: str
+    num_classes: int
+    class_names: list[str] | None
+    image_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    train_size: int
+    val_size: int
+
+
+# --------------------------------------------------------------------------- batch sources
+class BatchSource:
+    """An epoch's batches as a function of (epoch_seed, first batch index)."""
+
+    num_samples: int
+    batch_size: int
+    drop_last: bool
+
+    def num_batches(self) -> int:
+        if self.drop_last and self.num_samples >= self.batch_size:
+            return self.num_samples // self.batch_size
+        return math.ceil(self.num_samples / self.batch_size)
+
+    def batches(self, epoch_seed: int | None = None, start: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
+        raise NotImplementedError
+
+    def _order(self, epoch_seed: int | None) -> Tensor:
+        if epoch_seed is None:  # evaluation: dataset order
+            return torch.arange(self.num_samples)
+        gen = torch.Generator().manual_seed(epoch_seed)
+        return torch.randperm(self.num_samples, generator=gen)
+
+
+class TensorBatches(BatchSource):
+    """Batches from in-memory images in [0, 1] (N, C, h, w), upscaled/augmented/normalised per batch."""
+
+    def __init__(
+        self,
+        images: Tensor,
+        labels: Tensor,
+        *,
+        image_size: int,
+        norm: Norm,
+        batch_size: int,
+        augment: str = "none",
+        train: bool = False,
+    ) -> None:
+        self.images, self.labels = images, labels
+        self.image_size = image_size
+        self.mean = torch.tensor(norm[0]).view(1, 3, 1, 1)
+        self.std = torch.tensor(norm[1]).view(1, 3, 1, 1)
+        self.batch_size = batch_size
+        self.augment = augment if train else "none"
+        self.train = train
+        self.drop_last = train
+        self.num_samples = len(labels)
+
+    def batches(self, epoch_seed: int | None = None, start: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
+        order = self._order(epoch_seed if self.train else None)
+        for b in range(start, self.num_batches()):
+            idx = order[b * self.batch_size : (b + 1) * self.batch_size]
+            x = self._prepare(self.images[idx])
+            if self.augment != "none":
+                # One generator per batch: the batch's augmentation depends only on (epoch_seed, b).
+                gen = torch.Generator().manual_seed((int(epoch_seed or 0) * 1_000_003 + b) % (2**63))
+                x = augment_tensor(x, self.augment, gen)
+            yield (x - self.mean) / self.std, self.labels[idx]
+
+    def _prepare(self, x: Tensor) -> Tensor:
+        x = x.float()
+        if x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
+            x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False)
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        return x.contiguous()
+
+
+def augment_tensor(x: Tensor, mode: str, gen: torch.Generator) -> Tensor:
+    """Batched training augmentation of images in [0, 1] (B, 3, H, W)."""
+    b, _, h, w = x.shape
+    if mode == "crop_flip":
+        pad = max(1, round(4 * h / 32))  # CIFAR's 4-pixel padding, scaled to the image size
+        padded = F.pad(x, (pad, pad, pad, pad))
+        offs = torch.randint(0, 2 * pad + 1, (b, 2), generator=gen)
+        x = torch.stack([padded[i, :, oy : oy + h, ox : ox + w] for i, (oy, ox) in enumerate(offs.tolist())])
+    elif mode == "rrc_flip":
+        x = _random_resized_crop(x, gen)
+    elif mode not in ("flip",):
+        raise ValueError(f"unknown augmentation {mode!r}")
+    flip = torch.rand(b, generator=gen) < 0.5
+    return torch.where(flip.view(b, 1, 1, 1), x.flip(-1), x)
+
+
+def _random_resized_crop(x: Tensor, gen: torch.Generator, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)) -> Tensor:
+    """RandomResizedCrop on a batch through one affine grid_sample (box of area `scale`, aspect `ratio`)."""
+    b = x.shape[0]
+    area = torch.empty(b).uniform_(*scale, generator=gen)
+    log_r = torch.empty(b).uniform_(math.log(ratio[0]), math.log(ratio[1]), generator=gen)
+    r = torch.exp(log_r)
+    cw = torch.sqrt(area * r).clamp(max=1.0)  # crop width/height as fractions of the image
+    ch = torch.sqrt(area / r).clamp(max=1.0)
+    cx = (torch.rand(b, generator=gen) * 2 - 1) * (1 - cw)  # crop centre in [-1, 1] coordinates
+    cy = (torch.rand(b, generator=gen) * 2 - 1) * (1 - ch)
+    theta = torch.zeros(b, 2, 3)
+    theta[:, 0, 0], theta[:, 0, 2], theta[:, 1, 1], theta[:, 1, 2] = cw, cx, ch, cy
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+class _SeededTransform(torch.utils.data.Dataset):
+    """Applies a random transform under a seed derived from (epoch_seed, index): exact on resume."""
+
+    def __init__(self, base, transform, epoch_seed: int | None) -> None:
+        self.base, self.transform, self.epoch_seed = base, transform, epoch_seed
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i: int):
+        img, label = self.base[i]
+        if self.epoch_seed is None:
+            return self.transform(img), label
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed((self.epoch_seed * 1_000_003 + i) % (2**63))
+            return self.transform(img), label
+
+
+class LoaderBatches(BatchSource):
+    """Batches of a torchvision dataset through a DataLoader, in the order of the epoch's permutation."""
+
+    def __init__(self, base, transform, *, batch_size: int, num_workers: int, train: bool) -> None:
+        self.base, self.transform = base, transform
+        self.batch_size, self.num_workers = batch_size, num_workers
+        self.train = train
+        self.drop_last = train
+        self.num_samples = len(base)
+
+    def batches(self, epoch_seed: int | None = None, start: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
+        seed = epoch_seed if self.train else None
+        order = self._order(seed)[start * self.batch_size :]
+        n = self.num_batches() - start
+        order = order[: n * self.batch_size]
+        loader = torch.utils.data.DataLoader(
+            _SeededTransform(self.base, self.transform, seed),
+            batch_size=self.batch_size,
+            sampler=order.tolist(),
+            num_workers=self.num_workers,
+            pin_memory=torch.cuda.is_available(),
+            persistent_workers=False,
+            # Own generator: creating the iterator must not consume the global RNG (exact resume).
+            generator=torch.Generator().manual_seed(int(seed or 0)),
+        )
+        yield from loader
+
+
+# --------------------------------------------------------------------------- datasets
+def resolve_root(root: str | None, data_root: Path | None) -> Path | None:
+    if root is None:
+        return None
+    p = Path(root).expanduser()
+    if not p.is_absolute() and data_root is not None:
+        p = Path(data_root) / p
+    return p
+
+
+def digits_arrays() -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """sklearn's digits as (train_x, train_y, test_x, test_y); x in [0, 1], shape (N, 1, 8, 8)."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = torch.from_numpy(d.images).float().div_(16.0).unsqueeze(1)
+    y = torch.from_numpy(d.target).long()
+    perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(DIGITS_SPLIT_SEED))
+    n_train = int(len(y) * DIGITS_TRAIN_FRACTION)
+    tr, te = perm[:n_train], perm[n_train:]
+    return x[tr], y[tr], x[te], y[te]
+
+
+def synthetic_arrays(
+    num_classes: int, train_size: int, val_size: int, image_size: int
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """A learnable random task: smooth class prototypes plus per-sample noise and brightness, in [0, 1]."""
+    gen = torch.Generator().manual_seed(SYNTHETIC_SEED)
+    base = min(image_size, _SYNTHETIC_BASE_MAX)
+    coarse = torch.randn(num_classes, 3, 4, 4, generator=gen)
+    protos = F.interpolate(coarse, size=(base, base), mode="bilinear", align_corners=False)
+    protos = torch.sigmoid(protos * 1.5)
+
+    def sample(n: int) -> tuple[Tensor, Tensor]:
+        y = torch.arange(n) % num_classes
+        y = y[torch.randperm(n, generator=gen)]
+        noise = torch.randn(n, 3, base, base, generator=gen) * 0.2
+        shift = torch.randn(n, 1, 1, 1, generator=gen) * 0.1
+        return (protos[y] + noise + shift).clamp_(0.0, 1.0), y
+
+    xtr, ytr = sample(train_size)
+    xva, yva = sample(val_size)
+    return xtr, ytr, xva, yva
+
+
+def _torchvision_transforms(name: str, image_size: int, augment: str, norm: Norm, train: bool):
+    from torchvision.transforms import v2 as T
+
+    size = image_size
+    if name == "imagefolder":
+        resize = [T.Resize(int(round(size / 0.875))), T.CenterCrop(size)]
+    else:  # cifar: whole image, resized when the recipe asks for a larger input
+        resize = [T.Resize((size, size))] if size != 32 else []
+    if not train or augment == "none":
+        geo = resize
+    elif augment == "flip":
+        geo = resize + [T.RandomHorizontalFlip()]
+    elif augment == "crop_flip":
+        geo = resize + [T.RandomCrop(size, padding=max(1, round(4 * size / 32))), T.RandomHorizontalFlip()]
+    elif augment == "rrc_flip":
+        geo = [T.RandomResizedCrop(size, antialias=True), T.RandomHorizontalFlip()]
+    else:
+        raise ValueError(f"unknown augmentation {augment!r}")
+    return T.Compose(
+        [T.ToImage(), T.RGB(), *geo, T.ToDtype(torch.float32, scale=True), T.Normalize(list(norm[0]), list(norm[1]))]
+    )
+
+
+def _file_datasets(spec: DatasetSpec, root: Path):
+    import torchvision
+
+    if spec.name in ("cifar10", "cifar100"):
+        cls = torchvision.datasets.CIFAR10 if spec.name == "cifar10" else torchvision.datasets.CIFAR100
+        try:
+            train = cls(str(root), train=True, download=spec.download)
+            val = cls(str(root), train=False, download=spec.download)
+        except RuntimeError as e:  # torchvision: "Dataset not found or corrupted..."
+            raise DatasetUnavailable(
+                f"{spec.name} not found under {root}: put torchvision's extracted "
+                f"{'cifar-10-batches-py' if spec.name == 'cifar10' else 'cifar-100-python'} folder there, "
+                f"or set dataset.download: true on a host with internet ({e})"
+            ) from e
+        return train, val, list(train.classes), CIFAR10_NORM if spec.name == "cifar10" else CIFAR100_NORM
+    # imagefolder
+    tr, va = root / "train", root / "val"
+    for p in (tr, va):
+        if not p.is_dir():
+            raise DatasetUnavailable(
+                f"imagefolder dataset needs {p}: one sub-folder per class under {root}/train and {root}/val"
+            )
+    train = torchvision.datasets.ImageFolder(str(tr))
+    val = torchvision.datasets.ImageFolder(str(va))
+    if train.classes != val.classes:
+        raise DatasetUnavailable(f"imagefolder: class folders of {tr} and {va} differ")
+    return train, val, list(train.classes), IMAGENET_NORM
+
+
+def build_data(
+    spec: DatasetSpec,
+    *,
+    batch_size: int,
+    eval_batch_size: int | None = None,
+    augment: str = "none",
+    num_workers: int = 0,
+    data_root: Path | None = None,
+    norm: Norm | None = None,
+) -> tuple[BatchSource, BatchSource, DatasetInfo]:
+    """(train batches, validation batches, info) for a dataset spec.
+
+    `norm` overrides the dataset's mean/std (evaluating an exported model with its card's values).
+    """
+    size = spec.image_size
+    eval_bs = eval_batch_size or max(batch_size, 256)
+    if spec.name in ("digits", "synthetic"):
+        if spec.name == "digits":
+            xtr, ytr, xva, yva = digits_arrays()
+            nc, names, dnorm = 10, [str(i) for i in range(10)], DIGITS_NORM
+        else:
+            nc = spec.num_classes or SYNTHETIC_DEFAULTS["num_classes"]
+            xtr, ytr, xva, yva = synthetic_arrays(
+                nc,
+                spec.train_size or SYNTHETIC_DEFAULTS["train_size"],
+                spec.val_size or SYNTHETIC_DEFAULTS["val_size"],
+                size,
+            )
+            names, dnorm = None, SYNTHETIC_NORM
+        norm = norm or dnorm
+        train = TensorBatches(xtr, ytr, image_size=size, norm=norm, batch_size=batch_size, augment=augment, train=True)
+        val = TensorBatches(xva, yva, image_size=size, norm=norm, batch_size=eval_bs, train=False)
+    else:
+        root = resolve_root(spec.root, data_root)
+        assert root is not None  # the spec requires a root for file datasets
+        base_tr, base_va, names, dnorm = _file_datasets(spec, root)
+        nc = len(names)
+        norm = norm or dnorm
+        train = LoaderBatches(
+            base_tr, _torchvision_transforms(spec.name, size, augment, norm, True),
+            batch_size=batch_size, num_workers=num_workers, train=True,
+        )
+        val = LoaderBatches(
+            base_va, _torchvision_transforms(spec.name, size, "none", norm, False),
+            batch_size=eval_bs, num_workers=num_workers, train=False,
+        )
+    info = DatasetInfo(
+        name=spec.name, num_classes=nc, class_names=names, image_size=size,
+        mean=tuple(norm[0]), std=tuple(norm[1]), train_size=train.num_samples, val_size=val.num_samples,
+    )
+    return train, val, info
+
+
+def channel_stats(images: Sequence[Tensor] | Tensor) -> tuple[list[float], list[float]]:
+    """Per-channel mean/std of images in [0, 1] (how the digits/synthetic constants were computed)."""
+    x = images if isinstance(images, Tensor) else torch.stack(list(images))
+    if x.shape[1] == 1:
+        x = x.expand(-1, 3, -1, -1)
+    return x.mean(dim=(0, 2, 3)).tolist(), x.std(dim=(0, 2, 3)).tolist()

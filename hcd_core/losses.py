@@ -1,0 +1,339 @@
+"""Distillation losses as pure functions of logits (method spec, sections 2-4).
+
+Conventions shared by every function:
+
+* ``KL_T(a -> b) = T^2 * mean_batch sum_c p_c (log p_c - log q_c)`` with ``p = softmax(a/T)`` the
+  target distribution and ``q = softmax(b/T)``; computed from ``log_softmax`` for stability.
+* CE is ``F.cross_entropy`` with the job's label smoothing.
+* Teacher logits are a fixed target: every function that takes ``teacher_logits`` detaches them.
+* Half-precision inputs (AMP) are promoted to float32 so softmax/log run at full precision.
+
+No modules and no state: methods in ``hcd_core/methods.py`` hold the trainable parts and call these.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = [
+    "kl_div_t",
+    "kd_loss",
+    "dkd_terms",
+    "dkd_loss",
+    "dist_terms",
+    "dist_loss",
+    "ofa_loss",
+    "orthogonality_loss",
+    "hcd_loss_terms",
+]
+
+FUSIONS = ("sum", "mean")
+OL_INPUTS = ("fused", "raw")
+STAGE_REDUCTIONS = ("sum", "mean")
+
+_PEARSON_EPS = 1e-8  # added to DIST's Pearson denominator (spec, section 3)
+_NORM_EPS = 1e-12  # clamp for the sub-logit L2 norm in OL (spec, section 2)
+
+
+# --------------------------------------------------------------------------- validation helpers
+def _full_precision(x: Tensor) -> Tensor:
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
+def _check_logits(name: str, x: Tensor) -> Tensor:
+    if not isinstance(x, Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() != 2:
+        raise ValueError(f"{name} must have shape (B, C), got {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise ValueError(f"{name} must be floating point, got {x.dtype}")
+    if x.shape[0] < 1 or x.shape[1] < 1:
+        raise ValueError(f"{name} must be non-empty, got {tuple(x.shape)}")
+    return _full_precision(x)
+
+
+def _check_pair(student_logits: Tensor, teacher_logits: Tensor) -> tuple[Tensor, Tensor]:
+    s = _check_logits("student_logits", student_logits)
+    t = _check_logits("teacher_logits", teacher_logits)
+    if s.shape != t.shape:
+        raise ValueError(
+            f"student_logits {tuple(s.shape)} and teacher_logits {tuple(t.shape)} differ in shape"
+        )
+    return s, t
+
+
+def _check_target(target: Tensor, batch: int, num_classes: int) -> Tensor:
+    if not isinstance(target, Tensor):
+        raise ValueError(f"target must be a torch.Tensor, got {type(target).__name__}")
+    if target.dim() != 1 or target.shape[0] != batch:
+        raise ValueError(f"target must have shape ({batch},), got {tuple(target.shape)}")
+    if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
+        raise ValueError(f"target must hold integer class indices, got {target.dtype}")
+    # Range check only where it is free: on CUDA it would force a host sync every step.
+    if target.device.type == "cpu" and batch > 0:
+        lo, hi = int(target.min()), int(target.max())
+        if lo < 0 or hi >= num_classes:
+            raise ValueError(f"target values must lie in [0, {num_classes - 1}], got [{lo}, {hi}]")
+    return target.long()
+
+
+def _onehot_mask(y: Tensor, classes: int) -> Tensor:
+    """(B, C) boolean mask of the target class (a comparison: no host sync on CUDA)."""
+    return y.unsqueeze(1) == torch.arange(classes, device=y.device)
+
+
+def _check_temperature(temperature: float) -> float:
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    return float(temperature)
+
+
+def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+
+
+# --------------------------------------------------------------------------- KL / KD
+def _kl_rows(target_logits: Tensor, input_logits: Tensor, temperature: float) -> Tensor:
+    """Per-row sum_c p_c (log p_c - log q_c) over the last dim (broadcasts; no T^2, no mean)."""
+    log_p = F.log_softmax(target_logits / temperature, dim=-1)
+    log_q = F.log_softmax(input_logits / temperature, dim=-1)
+    return (log_p.exp() * (log_p - log_q)).sum(dim=-1)
+
+
+def kl_div_t(target_logits: Tensor, input_logits: Tensor, temperature: float) -> Tensor:
+    """KL_T(a -> b) = T^2 * mean_b sum_c p_c (log p_c - log q_c); p = softmax(a/T) is the target.
+
+    Gradients flow into both arguments (detach the target yourself where it is fixed).
+    """
+    a = _check_logits("target_logits", target_logits)
+    b = _check_logits("input_logits", input_logits)
+    if a.shape != b.shape:
+        raise ValueError(f"target_logits {tuple(a.shape)} and input_logits {tuple(b.shape)} differ")
+    t = _check_temperature(temperature)
+    return t * t * _kl_rows(a, b, t).mean()
+
+
+def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float = 4.0) -> Tensor:
+    """Hinton KD: KL_T(z_t -> z_s), teacher detached."""
+    s, t = _check_pair(student_logits, teacher_logits)
+    return kl_div_t(t.detach(), s, temperature)
+
+
+# --------------------------------------------------------------------------- DKD
+def _non_target_index(y: Tensor, classes: int) -> Tensor:
+    """(B, C-1) column indices of every class but the target, in order (gather: no host sync)."""
+    cols = torch.arange(classes - 1, device=y.device).unsqueeze(0)
+    return cols + (cols >= y.unsqueeze(1)).long()
+
+
+def _binary_and_non_target_log_probs(
+    logits: Tensor, y: Tensor, non_target_index: Tensor, temperature: float
+) -> tuple[Tensor, Tensor]:
+    """log [p_target, 1 - p_target] (B, 2) and log softmax over the C-1 non-target logits (B, C-1)."""
+    x = logits / temperature
+    non_target = x.gather(1, non_target_index)
+    target = x.gather(1, y.unsqueeze(1)).squeeze(1)
+    lse_all = torch.logsumexp(x, dim=1)
+    lse_non = torch.logsumexp(non_target, dim=1)
+    # log(1 - p_target) = logsumexp(non-target) - logsumexp(all): exact even when p_target -> 1.
+    log_binary = torch.stack([target - lse_all, lse_non - lse_all], dim=1)
+    return log_binary, F.log_softmax(non_target, dim=1)
+
+
+def dkd_terms(
+    student_logits: Tensor, teacher_logits: Tensor, target: Tensor, temperature: float = 4.0
+) -> dict[str, Tensor]:
+    """Decoupled KD terms, unweighted and T^2-scaled, teacher detached.
+
+    tckd = T^2 * mean_b KL([pt_t, 1-pt_t] || [pt_s, 1-pt_s]);
+    nckd = T^2 * mean_b KL(softmax_nt(z_t/T) || softmax_nt(z_s/T)) over the C-1 non-target classes.
+    """
+    s, t = _check_pair(student_logits, teacher_logits)
+    batch, classes = s.shape
+    if classes < 2:
+        raise ValueError(f"DKD needs at least 2 classes, got {classes}")
+    y = _check_target(target, batch, classes)
+    temp = _check_temperature(temperature)
+    index = _non_target_index(y, classes)
+    bin_s, nt_s = _binary_and_non_target_log_probs(s, y, index, temp)
+    bin_t, nt_t = _binary_and_non_target_log_probs(t.detach(), y, index, temp)
+    scale = temp * temp
+    tckd = (bin_t.exp() * (bin_t - bin_s)).sum(dim=1).mean() * scale
+    nckd = (nt_t.exp() * (nt_t - nt_s)).sum(dim=1).mean() * scale
+    return {"tckd": tckd, "nckd": nckd}
+
+
+def dkd_loss(
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    target: Tensor,
+    alpha: float = 1.0,
+    beta: float = 8.0,
+    temperature: float = 4.0,
+) -> Tensor:
+    """alpha * tckd + beta * nckd (no warm-up here: the trainer scales it)."""
+    terms = dkd_terms(student_logits, teacher_logits, target, temperature)
+    return alpha * terms["tckd"] + beta * terms["nckd"]
+
+
+# --------------------------------------------------------------------------- DIST
+def _pearson(a: Tensor, b: Tensor, dim: int) -> Tensor:
+    """Cosine of mean-centred vectors along `dim`, 1e-8 added to the denominator."""
+    a = a - a.mean(dim=dim, keepdim=True)
+    b = b - b.mean(dim=dim, keepdim=True)
+    return (a * b).sum(dim=dim) / (a.norm(dim=dim) * b.norm(dim=dim) + _PEARSON_EPS)
+
+
+def dist_terms(
+    student_logits: Tensor, teacher_logits: Tensor, temperature: float = 1.0
+) -> dict[str, Tensor]:
+    """DIST terms (unscaled), p = softmax(logits/T), teacher detached.
+
+    inter = 1 - mean_b Pearson(p_s[b, :], p_t[b, :]); intra = 1 - mean_c Pearson(p_s[:, c], p_t[:, c]).
+    """
+    s, t = _check_pair(student_logits, teacher_logits)
+    temp = _check_temperature(temperature)
+    p_s = F.softmax(s / temp, dim=1)
+    p_t = F.softmax(t.detach() / temp, dim=1)
+    inter = 1.0 - _pearson(p_s, p_t, dim=1).mean()
+    intra = 1.0 - _pearson(p_s, p_t, dim=0).mean()
+    return {"inter": inter, "intra": intra}
+
+
+def dist_loss(
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    beta: float = 1.0,
+    gamma: float = 1.0,
+    temperature: float = 1.0,
+) -> Tensor:
+    """T^2 * (beta * inter + gamma * intra)."""
+    terms = dist_terms(student_logits, teacher_logits, temperature)
+    return temperature * temperature * (beta * terms["inter"] + gamma * terms["intra"])
+
+
+# --------------------------------------------------------------------------- OFA
+def ofa_loss(
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    target: Tensor,
+    eps: float = 1.0,
+    temperature: float = 1.0,
+) -> Tensor:
+    """Target-enhanced OFA loss: mean_b sum_c -w_c log softmax(s/T)_c,
+    w = (softmax(t/T) + onehot(y))^eps - onehot(y), teacher detached (a fixed target)."""
+    s, t = _check_pair(student_logits, teacher_logits)
+    batch, classes = s.shape
+    y = _check_target(target, batch, classes)
+    temp = _check_temperature(temperature)
+    if not eps > 0:
+        raise ValueError(f"eps must be > 0, got {eps}")
+    onehot = _onehot_mask(y, classes).to(s.dtype)
+    p_t = F.softmax(t.detach() / temp, dim=1)
+    weights = (p_t + onehot).pow(eps) - onehot
+    return -(weights * F.log_softmax(s / temp, dim=1)).sum(dim=1).mean()
+
+
+# --------------------------------------------------------------------------- HCD
+def _check_sub_logits(name: str, z: Tensor, batch: int, classes: int) -> Tensor:
+    if not isinstance(z, Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(z).__name__}")
+    if z.dim() != 3 or z.shape[0] != batch or z.shape[2] != classes or z.shape[1] < 1:
+        raise ValueError(f"{name} must have shape ({batch}, n, {classes}), got {tuple(z.shape)}")
+    if not z.is_floating_point():
+        raise ValueError(f"{name} must be floating point, got {z.dtype}")
+    return _full_precision(z)
+
+
+def orthogonality_loss(
+    sub_logits: Tensor, target: Tensor, threshold: float = 0.5, mask_target: bool = True
+) -> Tensor:
+    """OL(Z), Z (B, n, C): optionally zero the target entry, L2-normalise each sub-logit over classes
+    (norm clamped at 1e-12), G = Z Z^T per sample; mean over batch and the n(n-1) off-diagonal
+    entries of relu(G_ij - threshold)^2. Zero when n == 1."""
+    if not isinstance(sub_logits, Tensor) or sub_logits.dim() != 3:
+        shape = tuple(sub_logits.shape) if isinstance(sub_logits, Tensor) else type(sub_logits)
+        raise ValueError(f"sub_logits must have shape (B, n, C), got {shape}")
+    batch, n, classes = sub_logits.shape
+    z = _check_sub_logits("sub_logits", sub_logits, batch, classes)
+    y = _check_target(target, batch, classes)
+    if n == 1:
+        return z.new_zeros(())
+    if mask_target:
+        z = z.masked_fill(_onehot_mask(y, classes).unsqueeze(1), 0.0)
+    z = F.normalize(z, p=2.0, dim=2, eps=_NORM_EPS)
+    gram = z @ z.transpose(1, 2)
+    off_diagonal = ~torch.eye(n, dtype=torch.bool, device=z.device)
+    return F.relu(gram[:, off_diagonal] - threshold).pow(2).mean()
+
+
+def hcd_loss_terms(
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    sub_logits: list[Tensor],
+    target: Tensor,
+    *,
+    temperature: float = 1.0,
+    fusion: str = "sum",
+    ol_threshold: float = 0.5,
+    ol_input: str = "fused",
+    mask_target: bool = True,
+    detach_fused: bool = False,
+    stage_reduce: str = "sum",
+    label_smoothing: float = 0.0,
+) -> dict[str, Tensor]:
+    """HCD's unweighted terms (spec, section 2); teacher logits never receive gradient.
+
+    Z_k = S_k + z_t ("sum") or (S_k + z_t) / 2 ("mean"), z_t broadcast over the n sub-logits;
+    ce = CE(z_s, y); kd = KL_T(z_t -> z_s);
+    sdd_ce = reduce_k mean_i CE(Z_k[:, i], y); sdd_kl = reduce_k mean_i KL_T(Z_k[:, i] -> z_s)
+    (Z_k detached there only if detach_fused); ol = reduce_k OL(Z_k or S_k per ol_input);
+    reduce = sum or mean over stages (stage_reduce).
+    """
+    s, t = _check_pair(student_logits, teacher_logits)
+    batch, classes = s.shape
+    y = _check_target(target, batch, classes)
+    temp = _check_temperature(temperature)
+    _check_choice("fusion", fusion, FUSIONS)
+    _check_choice("ol_input", ol_input, OL_INPUTS)
+    _check_choice("stage_reduce", stage_reduce, STAGE_REDUCTIONS)
+    if not 0.0 <= label_smoothing < 1.0:
+        raise ValueError(f"label_smoothing must lie in [0, 1), got {label_smoothing}")
+    if isinstance(sub_logits, Tensor) or not isinstance(sub_logits, (list, tuple)) or not sub_logits:
+        raise ValueError("sub_logits must be a non-empty list of (B, n, C) tensors, one per stage")
+    stages = [_check_sub_logits(f"sub_logits[{k}]", z, batch, classes) for k, z in enumerate(sub_logits)]
+
+    z_t = t.detach()
+    fused_teacher = z_t.unsqueeze(1)
+    student_rows = s.unsqueeze(1)
+    sdd_ce, sdd_kl, ol = [], [], []
+    for raw in stages:
+        n = raw.shape[1]
+        fused = raw + fused_teacher
+        if fusion == "mean":
+            fused = fused / 2
+        # Every (sample, sub-logit) row is one CE/KL example: the mean over rows is mean_i mean_b.
+        sdd_ce.append(
+            F.cross_entropy(
+                fused.reshape(batch * n, classes),
+                y.repeat_interleave(n),
+                label_smoothing=label_smoothing,
+            )
+        )
+        kl_target = fused.detach() if detach_fused else fused
+        sdd_kl.append(temp * temp * _kl_rows(kl_target, student_rows, temp).mean())
+        ol.append(
+            orthogonality_loss(fused if ol_input == "fused" else raw, y, ol_threshold, mask_target)
+        )
+
+    reduce = torch.sum if stage_reduce == "sum" else torch.mean
+    return {
+        "ce": F.cross_entropy(s, y, label_smoothing=label_smoothing),
+        "kd": temp * temp * _kl_rows(z_t, s, temp).mean(),
+        "sdd_ce": reduce(torch.stack(sdd_ce)),
+        "sdd_kl": reduce(torch.stack(sdd_kl)),
+        "ol": reduce(torch.stack(ol)),
+    }

@@ -1,0 +1,388 @@
+"""Training: device/AMP policy, optimiser, per-iteration LR schedule, EMA, one training step, and
+the epoch loop (`Trainer`) with evaluation, metric hooks, stop polling and whole-state checkpoints.
+
+The pieces above `Trainer` are small and reused by the benchmarks; `hcd_core.engine.run_job`
+assembles models, data and a `Trainer` from a spec.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+from hcd_core.spec import TrainingSpec
+
+
+# --------------------------------------------------------------------------- device, precision, seeds
+def resolve_device(name: str | None) -> torch.device:
+    if name in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("training.device is 'cuda' but no CUDA device is available")
+    return torch.device(name)
+
+
+@dataclass(frozen=True)
+class Precision:
+    """How a step runs on a device: autocast dtype (None = fp32), GradScaler, memory format."""
+
+    device_type: str
+    dtype: torch.dtype | None
+    use_scaler: bool
+    channels_last: bool
+
+    def autocast(self):
+        return torch.autocast(device_type=self.device_type, dtype=self.dtype or torch.float32,
+                              enabled=self.dtype is not None)
+
+    def to_input(self, x: Tensor) -> Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def describe(self) -> str:
+        return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.dtype]
+
+
+def resolve_precision(amp: str | None, channels_last: bool | None, device: torch.device) -> Precision:
+    """amp "auto": bf16 on CUDA, fp32 on CPU. channels_last is honoured on CUDA only."""
+    cuda = device.type == "cuda"
+    amp = amp or "auto"
+    dtype = {"auto": torch.bfloat16 if cuda else None, "bf16": torch.bfloat16, "fp16": torch.float16, "off": None}[amp]
+    return Precision(device.type, dtype, use_scaler=dtype is torch.float16, channels_last=bool(channels_last) and cuda)
+
+
+def configure_backends(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+# --------------------------------------------------------------------------- optimiser and schedule
+def trainable_parameters(*modules: nn.Module | None) -> list[nn.Parameter]:
+    """Parameters that require grad, each once (a method may hold the student as a submodule)."""
+    seen: set[int] = set()
+    out: list[nn.Parameter] = []
+    for m in modules:
+        if m is None:
+            continue
+        for p in m.parameters():
+            if p.requires_grad and id(p) not in seen:
+                seen.add(id(p))
+                out.append(p)
+    return out
+
+
+def build_optimizer(params: list[nn.Parameter], t: TrainingSpec) -> torch.optim.Optimizer:
+    """SGD (Nesterov per spec) or AdamW; norms and biases (1-D tensors) get no weight decay."""
+    decay = [p for p in params if p.ndim > 1]
+    no_decay = [p for p in params if p.ndim <= 1]
+    groups = [
+        {"params": decay, "weight_decay": t.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    if t.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=t.lr, momentum=t.momentum, nesterov=bool(t.nesterov and t.momentum > 0))
+    if t.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=t.lr)
+    raise ValueError(f"unknown optimizer {t.optimizer!r}")
+
+
+class LrSchedule:
+    """Learning rate as a pure function of the global step (so resuming needs only the step).
+
+    Linear warm-up over `warmup_epochs`, then cosine to `min_lr` or step decay at `step_milestones`
+    (epochs); stepped per iteration.
+    """
+
+    def __init__(self, t: TrainingSpec, steps_per_epoch: int) -> None:
+        self.base, self.min_lr = t.lr, t.min_lr or 0.0
+        self.kind = t.schedule
+        self.steps_per_epoch = steps_per_epoch
+        self.total = max(1, t.epochs * steps_per_epoch)
+        self.warmup = min(t.warmup_epochs or 0, t.epochs) * steps_per_epoch
+        self.milestones = [m * steps_per_epoch for m in (t.step_milestones or ())]
+        self.gamma = t.step_gamma if t.step_gamma is not None else 0.1
+
+    def lr_at(self, step: int) -> float:
+        if step < self.warmup:
+            return self.base * (step + 1) / self.warmup
+        if self.kind == "cosine":
+            span = max(1, self.total - self.warmup)
+            progress = min(1.0, (step - self.warmup) / span)
+            return self.min_lr + (self.base - self.min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
+        if self.kind == "step":
+            return self.base * self.gamma ** sum(step >= m for m in self.milestones)
+        raise ValueError(f"unknown schedule {self.kind!r}")
+
+    def apply(self, optimizer: torch.optim.Optimizer, step: int) -> float:
+        lr = self.lr_at(step)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        return lr
+
+    def state_dict(self) -> dict:
+        return {"kind": self.kind, "base": self.base, "min_lr": self.min_lr, "total": self.total,
+                "warmup": self.warmup, "milestones": list(self.milestones), "gamma": self.gamma}
+
+
+# --------------------------------------------------------------------------- EMA
+class ModelEma:
+    """Exponential moving average of a model's floating-point state (weights and BN statistics)."""
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        self.decay = decay
+        self.module = copy.deepcopy(model).eval()
+        self.module.requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        ema_state = self.module.state_dict()
+        float_ema, float_cur = [], []
+        for name, value in model.state_dict().items():
+            target = ema_state[name]
+            if target.dtype.is_floating_point:
+                float_ema.append(target)
+                float_cur.append(value.detach())
+            else:
+                target.copy_(value)  # integer buffers (num_batches_tracked)
+        torch._foreach_lerp_(float_ema, float_cur, 1.0 - self.decay)
+
+    def state_dict(self) -> dict:
+        return self.module.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.module.load_state_dict(state)
+
+
+# --------------------------------------------------------------------------- one step
+class StepRunner:
+    """One optimisation step: teacher forward, student forward, method terms, backward, update.
+
+    Returns the method's terms detached (still on the device: the caller syncs once per step).
+    """
+
+    def __init__(
+        self,
+        *,
+        student: nn.Module,
+        teacher: nn.Module | None,
+        method: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        precision: Precision,
+        params: list[nn.Parameter],
+        grad_clip: float | None = None,
+        label_smoothing: float = 0.0,
+        ema: ModelEma | None = None,
+        scaler: torch.amp.GradScaler | None = None,
+    ) -> None:
+        self.student, self.teacher, self.method = student, teacher, method
+        self.optimizer, self.precision, self.params = optimizer, precision, params
+        self.grad_clip, self.label_smoothing, self.ema = grad_clip, label_smoothing, ema
+        self.scaler = scaler or torch.amp.GradScaler(precision.device_type, enabled=precision.use_scaler)
+
+    def __call__(self, x: Tensor, y: Tensor, epoch: float) -> dict[str, Tensor]:
+        p = self.precision
+        x = p.to_input(x)
+        with p.autocast():
+            t_out = self.teacher(x) if self.teacher is not None else None
+            s_out = self.student(x, with_features=bool(getattr(self.method, "needs_features", False)))
+            terms = self.method(s_out, t_out, y, epoch=epoch, label_smoothing=self.label_smoothing)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(terms["loss"]).backward()
+        if self.grad_clip:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        if self.ema is not None:
+            self.ema.update(self.student.model if hasattr(self.student, "model") else self.student)
+        return {k: v.detach() for k, v in terms.items()}
+
+
+def stack_terms(terms: dict[str, Tensor]) -> dict[str, float]:
+    """All terms to Python floats with one host sync."""
+    names = list(terms)
+    values = torch.stack([terms[k].float().reshape(()) for k in names]).tolist()
+    return dict(zip(names, values))
+
+
+# --------------------------------------------------------------------------- the loop
+@dataclass
+class LoopState:
+    """Where the run is; saved in every checkpoint."""
+
+    epoch: int = 0  # epochs completed
+    step_in_epoch: int = 0
+    global_step: int = 0
+    epoch_seed: int | None = None  # the current epoch's data seed (None between epochs)
+    epoch_loss_sum: float = 0.0
+    epoch_loss_count: int = 0
+    final_metrics: dict[str, float] = field(default_factory=dict)
+    best_metrics: dict[str, float] = field(default_factory=dict)
+
+
+class Trainer:
+    """Runs epochs of `StepRunner` steps, evaluates the student after each, checkpoints, reports.
+
+    `emit(points)` receives lists of `hcd_core.engine.MetricPoint`; `should_stop()` is polled every
+    `stop_check_every` steps; `save(state)` writes a checkpoint (atomic, by the caller's code).
+    """
+
+    def __init__(
+        self,
+        *,
+        runner: StepRunner,
+        schedule: LrSchedule,
+        train_batches,
+        val_batches,
+        epochs: int,
+        steps_per_epoch: int,
+        device: torch.device,
+        seed: int,
+        eval_model: Callable[[], nn.Module],
+        emit: Callable[[list], None],
+        save: Callable[[dict], None],
+        should_stop: Callable[[], bool] | None = None,
+        stop_check_every: int = 10,
+        on_phase: Callable[[str], None] | None = None,
+        on_progress: Callable[[int, int, int, int], None] | None = None,
+    ) -> None:
+        self.runner, self.schedule = runner, schedule
+        self.train_batches, self.val_batches = train_batches, val_batches
+        self.epochs, self.steps_per_epoch = epochs, steps_per_epoch
+        self.device, self.eval_model = device, eval_model
+        self.emit, self.save = emit, save
+        self.should_stop, self.stop_check_every = should_stop, max(1, stop_check_every)
+        self.on_phase, self.on_progress = on_phase or (lambda _: None), on_progress
+        # Data order and augmentation: each epoch's seed is drawn from this generator (checkpointed).
+        self.data_gen = torch.Generator().manual_seed(seed)
+        self.state = LoopState()
+
+    @property
+    def total_steps(self) -> int:
+        return self.epochs * self.steps_per_epoch
+
+    # ----------------------------------------------------------------- state
+    def state_dict(self) -> dict:
+        from hcd_core.checkpoint import capture_rng_state
+
+        r = self.runner
+        s = self.state
+        return {
+            "student": r.student.state_dict(),
+            "method": r.method.state_dict(),
+            "optimizer": r.optimizer.state_dict(),
+            "scheduler": self.schedule.state_dict(),
+            "scaler": r.scaler.state_dict(),
+            "ema": r.ema.state_dict() if r.ema is not None else None,
+            "rng": capture_rng_state(),
+            "data_generator": self.data_gen.get_state(),
+            "loop": {
+                "epoch": s.epoch, "step_in_epoch": s.step_in_epoch, "global_step": s.global_step,
+                "epoch_seed": s.epoch_seed, "epoch_loss_sum": s.epoch_loss_sum,
+                "epoch_loss_count": s.epoch_loss_count,
+                "final_metrics": dict(s.final_metrics), "best_metrics": dict(s.best_metrics),
+            },
+        }
+
+    def load_state_dict(self, ckpt: dict) -> None:
+        from hcd_core.checkpoint import restore_rng_state
+
+        r = self.runner
+        r.student.load_state_dict(ckpt["student"])
+        r.method.load_state_dict(ckpt["method"])
+        r.optimizer.load_state_dict(ckpt["optimizer"])
+        if ckpt.get("scaler"):
+            r.scaler.load_state_dict(ckpt["scaler"])
+        if r.ema is not None:
+            if ckpt.get("ema") is None:
+                raise ValueError("checkpoint has no EMA state but the spec enables EMA")
+            r.ema.load_state_dict(ckpt["ema"])
+        self.data_gen.set_state(ckpt["data_generator"])
+        loop = ckpt["loop"]
+        self.state = LoopState(**loop)
+        restore_rng_state(ckpt["rng"])
+
+    # ----------------------------------------------------------------- running
+    def _point(self, name: str, value: float, epoch: int):
+        from hcd_core.engine import MetricPoint
+
+        return MetricPoint(name=name, value=float(value), step=self.state.global_step, epoch=epoch, ts=time.time())
+
+    def run(self) -> str:
+        """Train to the end ("completed") or until a stop request ("stopped")."""
+        s = self.state
+        self.on_phase("training")
+        last = time.perf_counter()
+        while s.epoch < self.epochs:
+            if s.step_in_epoch == 0 or s.epoch_seed is None:
+                s.epoch_seed = int(torch.randint(0, 2**62, (1,), generator=self.data_gen).item())
+            remaining = self.steps_per_epoch - s.step_in_epoch
+            for x, y in itertools.islice(self.train_batches.batches(s.epoch_seed, s.step_in_epoch), remaining):
+                lr = self.schedule.apply(self.runner.optimizer, s.global_step)
+                x = x.to(self.device, non_blocking=True)
+                y = y.to(self.device, non_blocking=True)
+                terms = self.runner(x, y, epoch=s.epoch + s.step_in_epoch / self.steps_per_epoch)
+                values = stack_terms(terms)  # the step's one host sync
+                now = time.perf_counter()
+                images_per_s = y.shape[0] / max(now - last, 1e-9)
+                last = now
+                s.step_in_epoch += 1
+                s.global_step += 1
+                s.epoch_loss_sum += values["loss"]
+                s.epoch_loss_count += 1
+                points = [self._point(k, v, s.epoch) for k, v in values.items()]
+                points += [self._point("lr", lr, s.epoch), self._point("images_per_s", images_per_s, s.epoch)]
+                self.emit(points)
+                if self.on_progress:
+                    self.on_progress(s.epoch, self.epochs, s.global_step, self.total_steps)
+                if (
+                    self.should_stop is not None
+                    and s.global_step % self.stop_check_every == 0
+                    and self.should_stop()
+                ):
+                    self.save(self.state_dict())
+                    return "stopped"
+            self._end_epoch()
+            last = time.perf_counter()  # evaluation time is not training throughput
+        return "completed"
+
+    def _end_epoch(self) -> None:
+        from hcd_core.evaluate import evaluate
+
+        s = self.state
+        self.on_phase("evaluating")
+        # fp32, default memory format: exactly what evaluating the exported weights does.
+        metrics = evaluate(self.eval_model(), self.val_batches, self.device)
+        train_loss = s.epoch_loss_sum / max(1, s.epoch_loss_count)
+        s.final_metrics = {**metrics, "train_loss": train_loss, "epoch": float(s.epoch)}
+        if not s.best_metrics or metrics["val_top1"] > s.best_metrics["val_top1"]:
+            s.best_metrics = {"val_top1": metrics["val_top1"], "val_top5": metrics["val_top5"], "epoch": float(s.epoch)}
+        points = [self._point(k, metrics[k], s.epoch) for k in ("val_top1", "val_top5", "val_loss")]
+        points.append(self._point("train_loss", train_loss, s.epoch))
+        if s.epoch + 1 == self.epochs:
+            points.append(self._point("best_val_top1", s.best_metrics["val_top1"], s.epoch))
+        s.epoch += 1
+        s.step_in_epoch, s.epoch_seed = 0, None
+        s.epoch_loss_sum, s.epoch_loss_count = 0.0, 0
+        self.emit(points)
+        self.save(self.state_dict())
+        if s.epoch < self.epochs:
+            self.on_phase("training")

@@ -1,0 +1,129 @@
+"""Datasets: fixed digits split, deterministic synthetic task, normalisation, exact augmentation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from hcd_core.data import (DIGITS_NORM, DatasetUnavailable, augment_tensor, build_data, digits_arrays,
+                           resolve_root, synthetic_arrays)
+from hcd_core.spec import DatasetSpec
+
+
+def test_digits_split_is_fixed_and_sized():
+    a = digits_arrays()
+    b = digits_arrays()
+    assert len(a[1]) == 1437 and len(a[3]) == 360
+    for x, y in zip(a, b):
+        assert torch.equal(x, y)
+    # train and test are disjoint images of the 1797 and every class is in both
+    assert set(a[1].tolist()) == set(range(10)) == set(a[3].tolist())
+    assert float(a[0].min()) >= 0.0 and float(a[0].max()) <= 1.0
+
+
+def test_digits_split_independent_of_job_seed():
+    torch.manual_seed(0)
+    first = digits_arrays()[3]
+    torch.manual_seed(999)
+    assert torch.equal(first, digits_arrays()[3])
+
+
+def test_digits_batches_are_upscaled_three_channel_and_normalised():
+    train, val, info = build_data(DatasetSpec(name="digits", image_size=32), batch_size=64)
+    assert info.num_classes == 10 and info.class_names == [str(i) for i in range(10)]
+    assert (info.train_size, info.val_size) == (1437, 360)
+    assert tuple(info.mean) == DIGITS_NORM[0]
+    x, y = next(val.batches())
+    assert x.shape == (256, 3, 32, 32) and y.shape == (256,)
+    xs = torch.cat([b[0] for b in val.batches()])
+    # roughly zero-mean, unit-std after normalising with the computed constants
+    assert abs(float(xs.mean())) < 0.15 and abs(float(xs.std()) - 1.0) < 0.15
+    assert train.num_batches() == 1437 // 64  # training drops the last partial batch
+
+
+def test_synthetic_is_deterministic_and_sized():
+    a = synthetic_arrays(5, 40, 20, 16)
+    b = synthetic_arrays(5, 40, 20, 16)
+    for x, y in zip(a, b):
+        assert torch.equal(x, y)
+    assert a[0].shape == (40, 3, 16, 16) and a[2].shape == (20, 3, 16, 16)
+    assert set(a[1].tolist()) == set(range(5))
+    _, _, info = build_data(DatasetSpec(name="synthetic", image_size=16, num_classes=3, train_size=30, val_size=9),
+                            batch_size=8)
+    assert (info.num_classes, info.train_size, info.val_size) == (3, 30, 9)
+
+
+def test_synthetic_classes_are_separable_by_prototype():
+    xtr, ytr, xva, yva = synthetic_arrays(4, 200, 100, 16)
+    means = torch.stack([xtr[ytr == c].mean(0) for c in range(4)])
+    pred = torch.cdist(xva.flatten(1), means.flatten(1)).argmin(1)
+    assert (pred == yva).float().mean() > 0.9  # learnable, not noise
+
+
+def test_training_order_and_augmentation_depend_only_on_epoch_seed():
+    spec = DatasetSpec(name="synthetic", image_size=16, train_size=64, val_size=16)
+    train, _, _ = build_data(spec, batch_size=8, augment="crop_flip")
+    first = list(train.batches(epoch_seed=7))
+    again = list(train.batches(epoch_seed=7))
+    other = list(train.batches(epoch_seed=8))
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(first, again))
+    assert not torch.equal(first[0][0], other[0][0])
+    # resuming at batch 3 yields exactly batches 3.. of the epoch
+    resumed = list(train.batches(epoch_seed=7, start=3))
+    assert len(resumed) == len(first) - 3
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(first[3:], resumed))
+
+
+def test_validation_batches_are_not_augmented():
+    spec = DatasetSpec(name="synthetic", image_size=16, train_size=64, val_size=16)
+    _, val_plain, _ = build_data(spec, batch_size=8, augment="none")
+    _, val_aug, _ = build_data(spec, batch_size=8, augment="rrc_flip")
+    assert torch.equal(next(val_plain.batches())[0], next(val_aug.batches())[0])
+
+
+@pytest.mark.parametrize("mode", ["flip", "crop_flip", "rrc_flip"])
+def test_tensor_augmentations_keep_shape_and_range(mode):
+    x = torch.rand(6, 3, 16, 16)
+    out = augment_tensor(x, mode, torch.Generator().manual_seed(0))
+    assert out.shape == x.shape
+    assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0
+    assert not torch.equal(out, x)
+
+
+def test_relative_roots_resolve_against_data_root(tmp_path):
+    assert resolve_root("cifar", tmp_path) == tmp_path / "cifar"
+    assert resolve_root("/abs/cifar", tmp_path) == Path("/abs/cifar")
+    assert resolve_root(None, tmp_path) is None
+
+
+def test_missing_cifar_says_how_to_get_it(tmp_path):
+    with pytest.raises(DatasetUnavailable, match="download"):
+        build_data(DatasetSpec(name="cifar10", root="nowhere"), batch_size=8, data_root=tmp_path)
+
+
+def test_imagefolder_reads_class_folders(tmp_path):
+    from PIL import Image
+
+    for split in ("train", "val"):
+        for cls, colour in (("cat", (255, 0, 0)), ("dog", (0, 0, 255))):
+            (tmp_path / split / cls).mkdir(parents=True)
+            for i in range(3):
+                Image.new("RGB", (20, 20), colour).save(tmp_path / split / cls / f"{i}.png")
+    train, val, info = build_data(DatasetSpec(name="imagefolder", root=str(tmp_path), image_size=16),
+                                  batch_size=2, augment="crop_flip")
+    assert info.class_names == ["cat", "dog"] and info.num_classes == 2
+    x, y = next(train.batches(epoch_seed=1))
+    assert x.shape == (2, 3, 16, 16)
+    x1 = torch.cat([b[0] for b in train.batches(epoch_seed=1)])
+    x2 = torch.cat([b[0] for b in train.batches(epoch_seed=1)])
+    assert torch.equal(x1, x2)  # per-sample augmentation seeded from (epoch seed, index)
+    xv, yv = next(val.batches())
+    assert xv.shape[1:] == (3, 16, 16)
+
+
+def test_missing_imagefolder_split_is_clear(tmp_path):
+    (tmp_path / "train").mkdir()
+    with pytest.raises(DatasetUnavailable, match="val"):
+        build_data(DatasetSpec(name="imagefolder", root=str(tmp_path)), batch_size=2)

@@ -1,0 +1,191 @@
+"""The training loop: exact resume (mid-epoch and between epochs), metric hooks, stop, spec guard."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from hcd_core.checkpoint import CHECKPOINT_NAME, CheckpointMismatch
+from hcd_core.engine import RunHooks, run_job
+from hcd_core.models import create_timm_model
+from hcd_core.spec import parse_spec
+from hcd_core.training import LrSchedule
+
+torch.set_num_threads(1)
+
+STEPS_PER_EPOCH = 4
+EPOCHS = 2
+EXPECTED_STEP_TERMS = {"loss", "ce", "kd", "sdd_ce", "sdd_kl", "ol", "lr", "images_per_s"}
+
+
+@pytest.fixture(scope="module")
+def teacher_file(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    model = create_timm_model("test_resnet", 5, 16)
+    path = tmp_path_factory.mktemp("teacher") / "teacher.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    return path
+
+
+def _spec(teacher_file: Path, **training):
+    return parse_spec({
+        "method": {"name": "hcd", "num_stages": 2},
+        "student": {"arch": "test_vit"},
+        "teacher": {"arch": "test_resnet", "weights": {"source": "file", "path": str(teacher_file)}},
+        "dataset": {"name": "synthetic", "image_size": 16, "num_classes": 5, "train_size": 96, "val_size": 20},
+        "training": {"epochs": EPOCHS, "batch_size": 8, "max_steps_per_epoch": STEPS_PER_EPOCH, "device": "cpu",
+                     "augment": "crop_flip", "ema_decay": 0.9, "warmup_epochs": 1, **training},
+        "seed": 3,
+    })
+
+
+def _final_state(out: Path, ckpt: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    state = {f"export.{k}": v for k, v in load_file(str(out / "student.safetensors")).items()}
+    saved = torch.load(ckpt / CHECKPOINT_NAME, weights_only=True)
+    state.update({f"student.{k}": v for k, v in saved["student"].items()})
+    state.update({f"method.{k}": v for k, v in saved["method"].items()})
+    return state
+
+
+class _StopAt:
+    def __init__(self, step: int) -> None:
+        self.step, self.seen = step, 0
+
+    def __call__(self) -> bool:
+        self.seen += 1
+        return self.seen == self.step
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, teacher_file):
+    root = tmp_path_factory.mktemp("ref")
+    points = []
+    result = run_job(_spec(teacher_file), output_dir=root / "out", checkpoint_dir=root / "ckpt",
+                     hooks=RunHooks(on_metrics=points.extend))
+    return result, _final_state(root / "out", root / "ckpt"), points
+
+
+def _assert_equal_states(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_resume_mid_epoch_is_exact(tmp_path, teacher_file, reference):
+    ref_result, ref_state, _ = reference
+    hooks = RunHooks(should_stop=_StopAt(3), stop_check_every=1)
+    stopped = run_job(_spec(teacher_file), output_dir=tmp_path / "out", checkpoint_dir=tmp_path / "ckpt", hooks=hooks)
+    assert stopped.status == "stopped" and stopped.step == 3 and stopped.epoch == 0
+    assert not (tmp_path / "out" / "student.safetensors").exists()
+    resumed = run_job(_spec(teacher_file), output_dir=tmp_path / "out", checkpoint_dir=tmp_path / "ckpt")
+    assert resumed.status == "completed" and resumed.step == EPOCHS * STEPS_PER_EPOCH
+    assert resumed.final_metrics == ref_result.final_metrics
+    _assert_equal_states(_final_state(tmp_path / "out", tmp_path / "ckpt"), ref_state)
+
+
+def test_resume_between_epochs_is_exact(tmp_path, teacher_file, reference):
+    ref_result, ref_state, _ = reference
+
+    class Killed(Exception):
+        pass
+
+    phases = []
+
+    def on_phase(name: str) -> None:
+        phases.append(name)
+        # "training" again after "evaluating": the epoch-end checkpoint is on disk; die here.
+        if name == "training" and "evaluating" in phases:
+            raise Killed
+
+    with pytest.raises(Killed):
+        run_job(_spec(teacher_file), output_dir=tmp_path / "out", checkpoint_dir=tmp_path / "ckpt",
+                hooks=RunHooks(on_phase=on_phase))
+    saved = torch.load(tmp_path / "ckpt" / CHECKPOINT_NAME, weights_only=True)
+    assert saved["loop"]["epoch"] == 1 and saved["loop"]["step_in_epoch"] == 0
+    resumed = run_job(_spec(teacher_file), output_dir=tmp_path / "out", checkpoint_dir=tmp_path / "ckpt")
+    assert resumed.final_metrics == ref_result.final_metrics
+    _assert_equal_states(_final_state(tmp_path / "out", tmp_path / "ckpt"), ref_state)
+
+
+def test_metrics_hook_gets_every_term_each_step(reference, tmp_path):
+    _, _, points = reference
+    steps = {}
+    for p in points:
+        steps.setdefault(p.step, set()).add(p.name)
+    assert sorted(steps) == list(range(1, EPOCHS * STEPS_PER_EPOCH + 1))
+    for step, names in steps.items():
+        assert EXPECTED_STEP_TERMS <= names, step
+    epoch_points = [p for p in points if p.name in ("val_top1", "val_top5", "val_loss", "train_loss")]
+    assert len(epoch_points) == 4 * EPOCHS
+    assert [p.step for p in points if p.name == "val_top1"] == [STEPS_PER_EPOCH * (e + 1) for e in range(EPOCHS)]
+    assert [p.name for p in points].count("best_val_top1") == 1
+    assert all(0.0 <= p.value <= 100.0 for p in points if p.name.startswith("val_top"))
+
+
+def test_metrics_log_matches_hook_after_resume(tmp_path, teacher_file, reference):
+    """metrics.jsonl holds each step once even when a run was stopped and resumed."""
+    import json
+
+    run_job(_spec(teacher_file), output_dir=tmp_path / "o", checkpoint_dir=tmp_path / "c",
+            hooks=RunHooks(should_stop=_StopAt(2), stop_check_every=3))  # stops at step 6
+    run_job(_spec(teacher_file), output_dir=tmp_path / "o", checkpoint_dir=tmp_path / "c")
+    lines = [json.loads(line) for line in (tmp_path / "o" / "metrics.jsonl").read_text().splitlines()]
+    _, _, points = reference
+    assert [(p["name"], p["step"]) for p in lines] == [(p.name, p.step) for p in points]
+
+
+def test_stop_saves_checkpoint_where_it_stopped(tmp_path, teacher_file):
+    polls = []
+
+    def should_stop() -> bool:
+        polls.append(1)
+        return len(polls) == 1
+
+    result = run_job(_spec(teacher_file, epochs=1), output_dir=tmp_path / "o", checkpoint_dir=tmp_path / "c",
+                     hooks=RunHooks(should_stop=should_stop, stop_check_every=2))
+    assert result.status == "stopped" and result.step == 2 and result.artifacts == {}
+    saved = torch.load(tmp_path / "c" / CHECKPOINT_NAME, weights_only=True)
+    assert saved["loop"]["global_step"] == 2 and saved["loop"]["step_in_epoch"] == 2
+
+
+def test_checkpoint_of_another_spec_is_refused(tmp_path, teacher_file):
+    run_job(_spec(teacher_file, epochs=1), output_dir=tmp_path / "o", checkpoint_dir=tmp_path / "c",
+            hooks=RunHooks(should_stop=lambda: True, stop_check_every=1))
+    other = _spec(teacher_file, epochs=1, lr=0.01)
+    with pytest.raises(CheckpointMismatch, match="different job spec"):
+        run_job(other, output_dir=tmp_path / "o", checkpoint_dir=tmp_path / "c")
+
+
+def test_ce_resume_exact_with_resnet_and_sgd_step_schedule(tmp_path):
+    doc = {
+        "method": {"name": "ce"},
+        "student": {"arch": "test_resnet"},
+        "dataset": {"name": "synthetic", "image_size": 16, "num_classes": 4, "train_size": 64, "val_size": 16},
+        "training": {"epochs": 3, "batch_size": 8, "max_steps_per_epoch": 3, "device": "cpu", "optimizer": "adamw",
+                     "lr": 0.003, "schedule": "step", "step_milestones": [2], "augment": "rrc_flip",
+                     "label_smoothing": 0.1},
+    }
+    a = run_job(parse_spec(doc), output_dir=tmp_path / "a", checkpoint_dir=tmp_path / "ac")
+    run_job(parse_spec(doc), output_dir=tmp_path / "b", checkpoint_dir=tmp_path / "bc",
+            hooks=RunHooks(should_stop=_StopAt(4), stop_check_every=1))
+    b = run_job(parse_spec(doc), output_dir=tmp_path / "b", checkpoint_dir=tmp_path / "bc")
+    assert a.final_metrics == b.final_metrics
+    _assert_equal_states(_final_state(tmp_path / "a", tmp_path / "ac"), _final_state(tmp_path / "b", tmp_path / "bc"))
+
+
+def test_lr_schedule_warmup_then_cosine_per_iteration():
+    spec = parse_spec({"method": {"name": "ce"}, "student": {"arch": "test_resnet"},
+                       "dataset": {"name": "synthetic"},
+                       "training": {"epochs": 4, "lr": 0.1, "min_lr": 0.01, "warmup_epochs": 1}}).resolved()
+    s = LrSchedule(spec.training, steps_per_epoch=10)
+    assert s.lr_at(0) == pytest.approx(0.01) and s.lr_at(9) == pytest.approx(0.1)
+    assert s.lr_at(10) == pytest.approx(0.1)
+    assert s.lr_at(25) == pytest.approx(0.01 + 0.09 * 0.5)  # half way through the cosine
+    assert s.lr_at(40) == pytest.approx(0.01)
+    lrs = [s.lr_at(i) for i in range(10, 40)]
+    assert all(a >= b for a, b in zip(lrs, lrs[1:]))

@@ -1,0 +1,64 @@
+"""A real `hcd worker` runs jobs end to end against real Postgres and Redis (no API involved)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+from sqlalchemy import select
+
+from api.db import session_scope
+from api.tables import Artifact, MetricPoint
+from worker.publish import publish_job
+from worker.streams import redis_client, stream_key
+from worker_fixtures import get_job, insert_job, job_events, tiny_spec, wait_for_status, wait_until
+
+
+def test_published_job_runs_to_success_with_metrics_and_artifacts(service_settings, start_worker):
+    worker = start_worker()
+    job_id = insert_job(service_settings, tiny_spec("ce", epochs=2, steps=5))
+    assert publish_job(service_settings, job_id) is True
+    assert get_job(service_settings, job_id).published_at is not None
+
+    job = wait_for_status(service_settings, job_id, ("succeeded", "failed"), 90, [worker])
+    assert job.status == "succeeded", (job.error_code, job.error_message)
+    assert job.attempt == 1 and job.finished_at is not None and job.lease_expires_at is None
+    assert job.progress == {"epoch": 1, "epochs": 2, "step": 10, "total_steps": 10}
+    assert set(job.result) >= {"final_metrics", "best_metrics"}
+    assert "val_top1" in job.result["final_metrics"] and "val_top1" in job.latest_metrics
+
+    with session_scope(service_settings.database_url) as session:
+        points = session.execute(select(MetricPoint).where(MetricPoint.job_id == job.id)).scalars().all()
+        artifacts = {a.name: a for a in session.execute(select(Artifact).where(Artifact.job_id == job.id)).scalars()}
+    loss_steps = sorted(p.step for p in points if p.name == "loss")
+    assert loss_steps == list(range(1, 11)) or loss_steps == list(range(0, 10))
+    assert {p.epoch for p in points if p.name == "val_top1"} == {0, 1}
+
+    assert {"student.safetensors", "model_card.json"} <= set(artifacts)
+    for art in artifacts.values():
+        data = (service_settings.artifacts_dir / art.path).read_bytes()
+        assert hashlib.sha256(data).hexdigest() == art.sha256 and len(data) == art.size
+    card = json.loads((service_settings.artifacts_dir / artifacts["model_card.json"].path).read_text())
+    assert card["student_sha256"] == artifacts["student.safetensors"].sha256
+
+    kinds = [(e.type, e.data.get("status") or e.data.get("phase")) for e in job_events(service_settings, job_id)]
+    assert kinds[0] == ("status", "queued") and ("status", "running") in kinds
+    assert ("phase", "training") in kinds and kinds[-1] == ("status", "succeeded")
+
+    entries = redis_client(service_settings).xrange(stream_key(job_id))
+    types = [fields[b"type"].decode() for _, fields in entries]
+    assert types[-1] == "end" and "metrics" in types and "status" in types
+    assert json.loads(entries[-1][1][b"data"]) == {"status": "succeeded"}
+    assert redis_client(service_settings).ttl(stream_key(job_id)) > 0
+
+
+def test_duplicate_delivery_is_a_no_op(service_settings, start_worker):
+    worker = start_worker()
+    job_id = insert_job(service_settings, tiny_spec("ce", epochs=1, steps=2))
+    assert publish_job(service_settings, job_id) and publish_job(service_settings, job_id)
+    job = wait_for_status(service_settings, job_id, ("succeeded", "failed"), 90, [worker])
+    assert job.status == "succeeded"
+    # The second message is taken once the first attempt's child has exited; its claim must fail.
+    wait_until(lambda: "not queued any more" in worker.log(), 30, 0.2, "the duplicate delivery")
+    job = get_job(service_settings, job_id)
+    assert job.attempt == 1 and job.status == "succeeded"
