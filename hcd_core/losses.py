@@ -13,6 +13,8 @@ No modules and no state: methods in ``hcd_core/methods.py`` hold the trainable p
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -27,6 +29,7 @@ __all__ = [
     "ofa_loss",
     "orthogonality_loss",
     "hcd_loss_terms",
+    "hcd_loss_terms_stacked",
 ]
 
 FUSIONS = ("sum", "mean")
@@ -238,6 +241,17 @@ def ofa_loss(
 
 
 # --------------------------------------------------------------------------- HCD
+# HCD runs on the GPU host-bound (kernel launches, not FLOPs, set its step time), so these functions
+# are written for few ops: every stage at once on one (K, B, n, C) tensor, log-softmaxes shared
+# between terms, sums of per-row values scaled once instead of per-stage means, and no boolean
+# indexing (that would sync the host on CUDA).
+
+# Added to the diagonal of the OL threshold matrix: a cosine similarity is at most 1 and a threshold
+# at least -1, so relu(G_ii - threshold - 4) is exactly 0 (value and gradient): the diagonal drops out
+# without a mask or an index.
+_DIAGONAL_OFFSET = 4.0
+
+
 def _check_sub_logits(name: str, z: Tensor, batch: int, classes: int) -> Tensor:
     if not isinstance(z, Tensor):
         raise ValueError(f"{name} must be a torch.Tensor, got {type(z).__name__}")
@@ -245,7 +259,28 @@ def _check_sub_logits(name: str, z: Tensor, batch: int, classes: int) -> Tensor:
         raise ValueError(f"{name} must have shape ({batch}, n, {classes}), got {tuple(z.shape)}")
     if not z.is_floating_point():
         raise ValueError(f"{name} must be floating point, got {z.dtype}")
-    return _full_precision(z)
+    return z
+
+
+def _fp32_matmuls(device: torch.device):
+    """Keep autocast from running the Gram matmul in half precision (and casting for it)."""
+    if torch.is_autocast_enabled(device.type):
+        return torch.autocast(device.type, enabled=False)
+    return contextlib.nullcontext()
+
+
+def _ol_sum(z: Tensor, target_mask: Tensor | None, threshold: float) -> Tensor:
+    """Sum over every leading index and every off-diagonal (i, j) of relu(G_ij - threshold)^2,
+    G = cosine similarities of the sub-logits z[..., i, :] (after zeroing `target_mask` entries)."""
+    n, classes = z.shape[-2], z.shape[-1]
+    if target_mask is not None:
+        z = z.masked_fill(target_mask, 0.0)
+    z = F.normalize(z, p=2.0, dim=-1, eps=_NORM_EPS).reshape(-1, n, classes)
+    with _fp32_matmuls(z.device):
+        gram = torch.bmm(z, z.transpose(1, 2))
+    thresholds = torch.full((n, n), threshold, dtype=gram.dtype, device=gram.device)
+    thresholds.fill_diagonal_(threshold + _DIAGONAL_OFFSET)
+    return F.relu(gram - thresholds).pow(2).sum()
 
 
 def orthogonality_loss(
@@ -258,16 +293,116 @@ def orthogonality_loss(
         shape = tuple(sub_logits.shape) if isinstance(sub_logits, Tensor) else type(sub_logits)
         raise ValueError(f"sub_logits must have shape (B, n, C), got {shape}")
     batch, n, classes = sub_logits.shape
-    z = _check_sub_logits("sub_logits", sub_logits, batch, classes)
+    z = _full_precision(_check_sub_logits("sub_logits", sub_logits, batch, classes))
     y = _check_target(target, batch, classes)
     if n == 1:
         return z.new_zeros(())
-    if mask_target:
-        z = z.masked_fill(_onehot_mask(y, classes).unsqueeze(1), 0.0)
-    z = F.normalize(z, p=2.0, dim=2, eps=_NORM_EPS)
-    gram = z @ z.transpose(1, 2)
-    off_diagonal = ~torch.eye(n, dtype=torch.bool, device=z.device)
-    return F.relu(gram[:, off_diagonal] - threshold).pow(2).mean()
+    mask = _onehot_mask(y, classes).unsqueeze(1) if mask_target else None
+    return _ol_sum(z, mask, threshold) / (batch * n * (n - 1))
+
+
+def _smoothed_ce_weights(onehot: Tensor, label_smoothing: float, scale: float) -> Tensor:
+    """w with CE(row) = -sum_c w_c log_softmax(row)_c, times `scale`: (1 - ls) on the target + ls/C."""
+    classes = onehot.shape[1]
+    off = label_smoothing / classes
+    return torch.where(onehot, scale * (1.0 - label_smoothing + off), scale * off)
+
+
+def _stage_terms(
+    raw: Tensor,
+    z_t: Tensor,
+    student_log_q: Tensor,
+    onehot: Tensor,
+    *,
+    temperature: float,
+    fusion: str,
+    ol_threshold: float,
+    ol_input: str,
+    mask_target: bool,
+    detach_fused: bool,
+    label_smoothing: float,
+    stage_weight: float,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """sdd_ce, sdd_kl, ol for raw sub-logits (K, B, n, C) of K stages that share n: each is
+    `stage_weight` * sum over the stages of that stage's mean (equal row counts, so the sum of the
+    stage means is the sum over all rows divided by one stage's row count).
+
+    z_t: teacher logits (B, C) in float32, detached; student_log_q: log_softmax(z_s / T) (B, C).
+    """
+    _, batch, n, classes = raw.shape
+    rows = batch * n  # rows (sample, sub-logit) of one stage
+    teacher = z_t.unsqueeze(1)  # (B, 1, C): broadcasts over stages and sub-logits
+    # Mixed-dtype add: a half-precision raw is promoted to float32 inside the one kernel.
+    fused = raw + teacher if fusion == "sum" else torch.add(teacher * 0.5, raw, alpha=0.5)
+
+    ce_weights = _smoothed_ce_weights(onehot, label_smoothing, -stage_weight / rows).unsqueeze(1)
+    sdd_ce = (F.log_softmax(fused, dim=-1) * ce_weights).sum()
+
+    # Its own log-softmax even at T = 1: sdd_ce and sdd_kl then share no saved tensors, so either
+    # can be differentiated after the other.
+    kl_target = fused.detach() if detach_fused else fused
+    log_p_t = F.log_softmax(kl_target if temperature == 1.0 else kl_target / temperature, dim=-1)
+    kl = log_p_t.exp() * (log_p_t - student_log_q.unsqueeze(1))
+    sdd_kl = kl.sum() * (stage_weight * temperature * temperature / rows)
+
+    if n == 1:
+        ol = fused.new_zeros(())
+    else:
+        z = fused if ol_input == "fused" else _full_precision(raw)
+        mask = onehot.unsqueeze(1) if mask_target else None
+        ol = _ol_sum(z, mask, ol_threshold) * (stage_weight / (rows * (n - 1)))
+    return sdd_ce, sdd_kl, ol
+
+
+def _check_switches(temperature: float, fusion: str, ol_input: str, stage_reduce: str,
+                    label_smoothing: float) -> float:
+    temp = _check_temperature(temperature)
+    _check_choice("fusion", fusion, FUSIONS)
+    _check_choice("ol_input", ol_input, OL_INPUTS)
+    _check_choice("stage_reduce", stage_reduce, STAGE_REDUCTIONS)
+    if not 0.0 <= label_smoothing < 1.0:
+        raise ValueError(f"label_smoothing must lie in [0, 1), got {label_smoothing}")
+    return temp
+
+
+def _hcd_terms(
+    s: Tensor,
+    t: Tensor,
+    stages: Tensor | list[Tensor],
+    y: Tensor,
+    *,
+    temperature: float,
+    fusion: str,
+    ol_threshold: float,
+    ol_input: str,
+    mask_target: bool,
+    detach_fused: bool,
+    stage_reduce: str,
+    label_smoothing: float,
+) -> dict[str, Tensor]:
+    """The five terms from checked inputs; `stages` is one (K, B, n, C) tensor or a list of (B, n, C)
+    tensors of different n (each then handled on its own)."""
+    batch, classes = s.shape
+    temp = temperature
+    onehot = _onehot_mask(y, classes)
+    z_t = t.detach()
+
+    ce = (F.log_softmax(s, dim=-1) * _smoothed_ce_weights(onehot, label_smoothing, -1.0 / batch)).sum()
+    # The student's log-softmax at T serves both KL terms (kd and sdd_kl); the CE terms have their own.
+    log_q_t = F.log_softmax(s if temp == 1.0 else s / temp, dim=-1)
+    log_p_t = F.log_softmax(z_t if temp == 1.0 else z_t / temp, dim=-1)
+    kd = (log_p_t.exp() * (log_p_t - log_q_t)).sum() * (temp * temp / batch)
+
+    num_stages = stages.shape[0] if isinstance(stages, Tensor) else len(stages)
+    switches = dict(temperature=temp, fusion=fusion, ol_threshold=ol_threshold, ol_input=ol_input,
+                    mask_target=mask_target, detach_fused=detach_fused, label_smoothing=label_smoothing,
+                    stage_weight=1.0 if stage_reduce == "sum" else 1.0 / num_stages)
+    if isinstance(stages, Tensor):
+        sdd_ce, sdd_kl, ol = _stage_terms(stages, z_t, log_q_t, onehot, **switches)
+    else:
+        per_stage = [_stage_terms(z.unsqueeze(0), z_t, log_q_t, onehot, **switches) for z in stages]
+        sdd_ce, sdd_kl, ol = (torch.stack(values).sum() for values in zip(*per_stage))
+    return {"ce": ce, "kd": kd, "sdd_ce": sdd_ce, "sdd_kl": sdd_kl, "ol": ol}
 
 
 def hcd_loss_terms(
@@ -292,48 +427,55 @@ def hcd_loss_terms(
     sdd_ce = reduce_k mean_i CE(Z_k[:, i], y); sdd_kl = reduce_k mean_i KL_T(Z_k[:, i] -> z_s)
     (Z_k detached there only if detach_fused); ol = reduce_k OL(Z_k or S_k per ol_input);
     reduce = sum or mean over stages (stage_reduce).
+
+    Stages with the same n are computed together (see `hcd_loss_terms_stacked`).
     """
     s, t = _check_pair(student_logits, teacher_logits)
     batch, classes = s.shape
     y = _check_target(target, batch, classes)
-    temp = _check_temperature(temperature)
-    _check_choice("fusion", fusion, FUSIONS)
-    _check_choice("ol_input", ol_input, OL_INPUTS)
-    _check_choice("stage_reduce", stage_reduce, STAGE_REDUCTIONS)
-    if not 0.0 <= label_smoothing < 1.0:
-        raise ValueError(f"label_smoothing must lie in [0, 1), got {label_smoothing}")
+    temp = _check_switches(temperature, fusion, ol_input, stage_reduce, label_smoothing)
     if isinstance(sub_logits, Tensor) or not isinstance(sub_logits, (list, tuple)) or not sub_logits:
         raise ValueError("sub_logits must be a non-empty list of (B, n, C) tensors, one per stage")
     stages = [_check_sub_logits(f"sub_logits[{k}]", z, batch, classes) for k, z in enumerate(sub_logits)]
+    same_n = len({z.shape[1] for z in stages}) == 1 and len({z.dtype for z in stages}) == 1
+    return _hcd_terms(
+        s, t, torch.stack(stages) if same_n else stages, y,
+        temperature=temp, fusion=fusion, ol_threshold=ol_threshold, ol_input=ol_input,
+        mask_target=mask_target, detach_fused=detach_fused, stage_reduce=stage_reduce,
+        label_smoothing=label_smoothing,
+    )
 
-    z_t = t.detach()
-    fused_teacher = z_t.unsqueeze(1)
-    student_rows = s.unsqueeze(1)
-    sdd_ce, sdd_kl, ol = [], [], []
-    for raw in stages:
-        n = raw.shape[1]
-        fused = raw + fused_teacher
-        if fusion == "mean":
-            fused = fused / 2
-        # Every (sample, sub-logit) row is one CE/KL example: the mean over rows is mean_i mean_b.
-        sdd_ce.append(
-            F.cross_entropy(
-                fused.reshape(batch * n, classes),
-                y.repeat_interleave(n),
-                label_smoothing=label_smoothing,
-            )
-        )
-        kl_target = fused.detach() if detach_fused else fused
-        sdd_kl.append(temp * temp * _kl_rows(kl_target, student_rows, temp).mean())
-        ol.append(
-            orthogonality_loss(fused if ol_input == "fused" else raw, y, ol_threshold, mask_target)
-        )
 
-    reduce = torch.sum if stage_reduce == "sum" else torch.mean
-    return {
-        "ce": F.cross_entropy(s, y, label_smoothing=label_smoothing),
-        "kd": temp * temp * _kl_rows(z_t, s, temp).mean(),
-        "sdd_ce": reduce(torch.stack(sdd_ce)),
-        "sdd_kl": reduce(torch.stack(sdd_kl)),
-        "ol": reduce(torch.stack(ol)),
-    }
+def hcd_loss_terms_stacked(
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    sub_logits: Tensor,
+    target: Tensor,
+    *,
+    temperature: float = 1.0,
+    fusion: str = "sum",
+    ol_threshold: float = 0.5,
+    ol_input: str = "fused",
+    mask_target: bool = True,
+    detach_fused: bool = False,
+    stage_reduce: str = "sum",
+    label_smoothing: float = 0.0,
+) -> dict[str, Tensor]:
+    """`hcd_loss_terms` for K stages that share n, given as one (K, B, n, C) tensor (stage k is
+    sub_logits[k]): what a batched CFM produces, with no per-stage split or re-stack."""
+    s, t = _check_pair(student_logits, teacher_logits)
+    batch, classes = s.shape
+    y = _check_target(target, batch, classes)
+    temp = _check_switches(temperature, fusion, ol_input, stage_reduce, label_smoothing)
+    if not isinstance(sub_logits, Tensor) or sub_logits.dim() != 4:
+        shape = tuple(sub_logits.shape) if isinstance(sub_logits, Tensor) else type(sub_logits).__name__
+        raise ValueError(f"sub_logits must have shape (K, B, n, C), got {shape}")
+    if sub_logits.shape[0] < 1:
+        raise ValueError("sub_logits must hold at least one stage")
+    _check_sub_logits("sub_logits[0]", sub_logits[0], batch, classes)
+    return _hcd_terms(
+        s, t, sub_logits, y,
+        temperature=temp, fusion=fusion, ol_threshold=ol_threshold, ol_input=ol_input,
+        mask_target=mask_target, detach_fused=detach_fused, stage_reduce=stage_reduce,
+        label_smoothing=label_smoothing,
+    )

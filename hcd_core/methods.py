@@ -43,6 +43,18 @@ class StackedLinear(nn.Module):
         return torch.baddbmm(self.bias.unsqueeze(1).to(x.dtype), x, self.weight.to(x.dtype))
 
 
+def weighted_sum(pairs: list[tuple[float, torch.Tensor]]) -> torch.Tensor:
+    """sum_i w_i * x_i over scalar terms in few ops: the unit-weight terms summed by one stack + sum
+    (one op each instead of one add per term), a multiply only where w_i != 1."""
+    unit = [x for w, x in pairs if w == 1.0]
+    scaled = [w * x for w, x in pairs if w != 1.0]
+    parts = ([torch.stack(unit).sum()] if len(unit) > 1 else unit) + scaled
+    total = parts[0]
+    for part in parts[1:]:
+        total = total + part
+    return total
+
+
 class Method(nn.Module):
     name: str = ""
     needs_teacher: bool = True
@@ -218,16 +230,16 @@ class HcdMethod(Method):
         k, batch = h.shape[0], h.shape[1]
         f_t = teacher_out.pre_logits.to(h.dtype).unsqueeze(0).expand(k, -1, -1)  # (K, B, d_t)
         shared = self.cfm(torch.cat([h, f_t], dim=2))  # (K, B, n*C)
-        sub_logits = shared.view(k, batch, self.num_sub_logits, self.num_classes).unbind(0)
+        sub_logits = shared.view(k, batch, self.num_sub_logits, self.num_classes)  # stage k: [k]
         s = self.spec
-        terms = losses.hcd_loss_terms(
-            student_out.logits, teacher_out.logits, list(sub_logits), target,
+        terms = losses.hcd_loss_terms_stacked(
+            student_out.logits, teacher_out.logits, sub_logits, target,
             temperature=s.temperature, fusion=s.fusion, ol_threshold=s.ol_threshold, ol_input=s.ol_input,
             mask_target=s.mask_target, detach_fused=s.detach_fused, stage_reduce=s.stage_reduce,
             label_smoothing=label_smoothing,
         )
-        loss = (s.w_ce * terms["ce"] + s.w_kd * terms["kd"] + s.w_sdd_ce * terms["sdd_ce"]
-                + s.w_sdd_kl * terms["sdd_kl"] + s.w_ol * terms["ol"])
+        loss = weighted_sum([(s.w_ce, terms["ce"]), (s.w_kd, terms["kd"]), (s.w_sdd_ce, terms["sdd_ce"]),
+                             (s.w_sdd_kl, terms["sdd_kl"]), (s.w_ol, terms["ol"])])
         return {"loss": loss, **terms}
 
 

@@ -62,3 +62,46 @@ def test_duplicate_delivery_is_a_no_op(service_settings, start_worker):
     wait_until(lambda: "not queued any more" in worker.log(), 30, 0.2, "the duplicate delivery")
     job = get_job(service_settings, job_id)
     assert job.attempt == 1 and job.status == "succeeded"
+
+
+def test_busy_worker_does_not_hoard_the_next_job(service_settings, start_worker):
+    """Prefetch 1 + one job per worker: a second job goes to the idle worker, not behind the first."""
+    from worker_fixtures import get_job
+
+    workers = [start_worker("worker-1"), start_worker("worker-2")]
+    first = insert_job(service_settings, tiny_spec("ce", epochs=30, steps=10))
+    assert publish_job(service_settings, first)
+    wait_until(lambda: get_job(service_settings, first).status == "running", 30, 0.1, "the first job to start")
+    second = insert_job(service_settings, tiny_spec("ce", epochs=1, steps=2))
+    assert publish_job(service_settings, second)
+    # Well within the publish grace: no sweep re-publish can be what starts it.
+    wait_until(lambda: get_job(service_settings, second).status != "queued", 1.5, 0.05, "the idle worker")
+    assert get_job(service_settings, first).status == "running"
+    assert get_job(service_settings, first).worker_id != get_job(service_settings, second).worker_id
+    with session_scope(service_settings.database_url) as session:
+        from sqlalchemy import text
+
+        session.execute(text("UPDATE jobs SET status='cancelling', cancel_requested=true WHERE id=:id"), {"id": first})
+    assert wait_for_status(service_settings, first, ("cancelled",), 30, workers).status == "cancelled"
+    assert wait_for_status(service_settings, second, ("succeeded",), 60, workers).status == "succeeded"
+
+
+def test_runtime_cap_and_bad_teacher_end_failed_with_stable_codes(service_settings, start_worker):
+    import uuid as _uuid
+
+    worker = start_worker()
+    capped = insert_job(service_settings, tiny_spec("ce", epochs=200, steps=10), runtime_limit=3)
+    missing_teacher = insert_job(service_settings, tiny_spec(
+        "hcd", arch="test_vit", teacher={"arch": "test_resnet", "weights": {"source": "job", "job_id": str(_uuid.uuid4())}}))
+    assert publish_job(service_settings, capped) and publish_job(service_settings, missing_teacher)
+
+    job = wait_for_status(service_settings, capped, ("succeeded", "failed", "cancelled"), 60, [worker])
+    assert (job.status, job.error_code) == ("failed", "runtime_limit"), job.error_message
+    assert job.progress["step"] < 2000
+    assert (service_settings.checkpoints_dir / capped / "checkpoint.pt").is_file()
+
+    job = wait_for_status(service_settings, missing_teacher, ("succeeded", "failed"), 60, [worker])
+    assert (job.status, job.error_code) == ("failed", "invalid_teacher")
+    assert "not found" in job.error_message
+    last = job_events(service_settings, missing_teacher)[-1]
+    assert last.data["status"] == "failed" and last.data["error_code"] == "invalid_teacher"
