@@ -5,9 +5,11 @@ from __future__ import annotations
 import logging
 from contextlib import asynccontextmanager
 
+import anyio
 import redis
 import redis.asyncio as aioredis
 from fastapi import FastAPI
+from fastapi.concurrency import run_in_threadpool
 from fastapi.openapi.utils import get_openapi
 
 from api.auth import KeyCache, ensure_bootstrap_key
@@ -19,6 +21,7 @@ from api.settings import Settings, get_settings
 
 _log = logging.getLogger(__name__)
 _UPLOAD_PATH = "/models"
+HOT_PATH_THREADS = 4  # threads for the hot routes' database calls, per API process (see api.deps.in_db_thread)
 
 
 class BodySizeLimit:
@@ -63,6 +66,21 @@ class _Clients:
         return self.async_client
 
 
+def _warm_publisher(settings: Settings) -> None:
+    """Open the Celery producer's Redis connection now, so the first submission does not pay for it.
+    Redis being down must not stop the API from starting (a job's publish is retried by the sweep)."""
+    try:
+        from worker.celery_app import publisher_app
+    except ImportError:
+        return
+    try:
+        with publisher_app(settings).producer_or_acquire() as producer:
+            producer.connection.ensure_connection(max_retries=1)
+            producer.channel  # noqa: B018 - creates the channel (and its client) once
+    except Exception as err:  # noqa: BLE001 - kombu/redis raise several types
+        _log.warning("could not connect the job publisher to Redis yet: %s", err)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     if not settings.database_url or not settings.redis_url:
@@ -74,6 +92,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         for folder in (settings.artifacts_dir, settings.checkpoints_dir, settings.uploads_dir, settings.datasets_dir):
             folder.mkdir(parents=True, exist_ok=True)
         ensure_bootstrap_key(settings)
+        app.state.db_limiter = anyio.CapacityLimiter(HOT_PATH_THREADS)  # bound to this event loop
+        await run_in_threadpool(_warm_publisher, settings)
         yield
         if clients.async_client is not None:  # bound to this loop: a new one per lifespan
             await clients.async_client.aclose()

@@ -11,10 +11,11 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import delete, func, select, text, update
-from sqlalchemy.dialects.postgresql import insert
+from psycopg.types.json import Jsonb
+from sqlalchemy import Engine, delete, select, text, update
 from sqlalchemy.orm import Session
 
+from api.db import driver_connection
 from api.problems import ProblemError, pydantic_errors
 from api.settings import Settings
 from api.tables import ACTIVE_STATUSES, TERMINAL_STATUSES, Artifact, Job, JobEvent, UploadedModel
@@ -52,6 +53,53 @@ def job_to_dict(job: Job) -> dict[str, Any]:
         "started_at": job.started_at,
         "finished_at": job.finished_at,
     }
+
+
+# The hot paths (GET /jobs/{id}, POST /jobs) read these columns with plain SQL, in this order.
+JOB_COLUMNS = (
+    "id, status, phase, attempt, max_attempts, cancel_requested, progress, latest_metrics, result, "
+    "error_code, error_message, metadata, spec, runtime_limit_seconds, created_at, updated_at, "
+    "started_at, finished_at"
+)
+
+
+def job_row_to_dict(row: tuple) -> dict[str, Any]:
+    """The job document (as job_to_dict) from a row of JOB_COLUMNS."""
+    (id_, status, phase, attempt, max_attempts, cancel_requested, progress, latest_metrics, result,
+     error_code, error_message, metadata, spec, runtime_limit_seconds, created_at, updated_at,
+     started_at, finished_at) = row
+    return {
+        "id": id_,
+        "object": "job",
+        "status": status,
+        "phase": phase,
+        "attempt": attempt,
+        "max_attempts": max_attempts,
+        "cancel_requested": cancel_requested,
+        "progress": progress or {},
+        "latest_metrics": latest_metrics or {},
+        "result": result,
+        "error": {"code": error_code, "message": error_message} if error_code else None,
+        "metadata": metadata or {},
+        "spec": spec,
+        "runtime_limit_seconds": runtime_limit_seconds,
+        "created_at": created_at,
+        "updated_at": updated_at,
+        "started_at": started_at,
+        "finished_at": finished_at,
+    }
+
+
+_SELECT_OWNED_JOB = f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = %s AND owner = %s"
+
+
+def fetch_owned_job(engine: Engine, owner: str, job_id: uuid.UUID) -> dict[str, Any]:
+    """The job document, in one autocommit round trip; 404 when it is not the owner's."""
+    with driver_connection(engine, autocommit=True) as conn:
+        row = conn.execute(_SELECT_OWNED_JOB, (job_id, owner)).fetchone()
+    if row is None:
+        raise ProblemError(404, "not_found", "job not found")
+    return job_row_to_dict(row)
 
 
 def parse_uuid(value: str, what: str = "job") -> uuid.UUID:
@@ -230,88 +278,126 @@ def check_teacher(session: Session, owner: str, spec: JobSpec) -> None:
 
 
 # --------------------------------------------------------------------------- create
-def _replay_or_conflict(session: Session, owner: str, key: str, digest: str) -> Job | None:
-    job = session.execute(
-        select(Job).where(Job.owner == owner, Job.idempotency_key == key)
-    ).scalar_one_or_none()
-    if job is not None and job.request_hash != digest:
+_SELECT_BY_IDEMPOTENCY_KEY = (
+    f"SELECT request_hash, {JOB_COLUMNS} FROM jobs WHERE owner = %s AND idempotency_key = %s"
+)
+_OWNER_LOCK = "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))"
+_ACTIVE = ", ".join(f"'{status}'" for status in ACTIVE_STATUSES)
+# One statement: count the owner's active jobs, insert the job when under the cap (a unique
+# conflict - a concurrent request with the same Idempotency-Key - inserts nothing) and its
+# 'queued' event. It runs after the owner lock in the same transaction, so under READ COMMITTED
+# its snapshot (hence the count) already sees any competing submission committed meanwhile.
+_INSERT_JOB = f"""
+WITH active AS (
+    SELECT count(*) AS n FROM jobs WHERE owner = %(owner)s AND status IN ({_ACTIVE})
+), job AS (
+    INSERT INTO jobs (id, owner, status, attempt, max_attempts, spec, metadata, progress, latest_metrics,
+                      cancel_requested, runtime_limit_seconds, idempotency_key, request_hash)
+    SELECT %(id)s, %(owner)s, 'queued', 0, %(max_attempts)s, %(spec)s, %(metadata)s, '{{}}', '{{}}',
+           false, %(runtime_limit)s, %(key)s, %(hash)s
+    FROM active WHERE active.n < %(cap)s
+    ON CONFLICT DO NOTHING
+    RETURNING {JOB_COLUMNS}
+), event AS (
+    INSERT INTO job_events (job_id, type, attempt, data)
+    SELECT id, 'status', 0, '{{"status": "queued"}}'::jsonb FROM job
+)
+SELECT active.n, job.* FROM active LEFT JOIN job ON true
+"""
+
+
+def _replay_or_conflict(conn, owner: str, key: str, digest: str) -> dict[str, Any] | None:
+    row = conn.execute(_SELECT_BY_IDEMPOTENCY_KEY, (owner, key)).fetchone()
+    if row is None:
+        return None
+    if row[0] != digest:
         raise ProblemError(
             422, "idempotency_conflict",
             "this Idempotency-Key was already used with a different request body",
         )
-    return job
+    return job_row_to_dict(row[1:])
 
 
-def _lock_and_count_active(session: Session, owner: str) -> int:
-    """Takes the owner's submission lock (so the active-job cap holds under concurrency), then counts
-    the owner's active jobs. Two statements on purpose: under READ COMMITTED the count must take its
-    snapshot after the lock is held, to see a competing submission committed meanwhile."""
-    session.execute(text("SELECT pg_advisory_xact_lock(hashtextextended(:k, 0))"), {"k": f"hcd-owner:{owner}"})
-    return session.execute(
-        select(func.count()).select_from(Job).where(Job.owner == owner, Job.status.in_(ACTIVE_STATUSES))
-    ).scalar_one()
+def _needs_teacher_lookup(spec: JobSpec) -> bool:
+    return spec.teacher is not None and spec.teacher.weights.source in ("job", "model", "file")
 
 
 def create_job(
-    session: Session, settings: Settings, owner: str, body: Any, idempotency_key: str | None
-) -> tuple[Job, bool]:
-    """Validate and insert a queued job (committed). Returns (job, replayed)."""
+    engine: Engine, settings: Settings, owner: str, body: Any, idempotency_key: str | None
+) -> tuple[dict[str, Any], bool]:
+    """Validate and insert a queued job (committed). Returns (job document, replayed).
+
+    The common case is one round trip: BEGIN, owner lock, insert (job + event) and COMMIT are sent
+    as one psycopg pipeline.
+    """
     digest = request_hash(body)
     if idempotency_key is not None:
-        existing = _replay_or_conflict(session, owner, idempotency_key, digest)
+        with driver_connection(engine, autocommit=True) as conn:
+            existing = _replay_or_conflict(conn, owner, idempotency_key, digest)
         if existing is not None:
             return existing, True
-    spec, metadata = parse_submission(body)
+    spec, metadata = parse_submission(body)  # the only validation of the spec
     check_dataset_root(spec, settings)
-    check_teacher(session, owner, spec)
+    if _needs_teacher_lookup(spec):
+        with Session(engine) as session:
+            check_teacher(session, owner, spec)
     resolved = spec.resolved().model_dump(mode="json")
 
-    active = _lock_and_count_active(session, owner)
-    if active >= settings.max_active_jobs_per_owner:
-        session.rollback()
-        raise ProblemError(
-            429, "too_many_active_jobs",
-            f"you have {active} active jobs (the limit is {settings.max_active_jobs_per_owner}); "
-            "wait for one to finish or cancel one",
-            headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
-        )
-    job_id = uuid.uuid4()
-    values = dict(
-        id=job_id, owner=owner, status="queued", attempt=0, max_attempts=settings.max_attempts,
-        spec=resolved, job_metadata=metadata, progress={}, latest_metrics={}, cancel_requested=False,
-        runtime_limit_seconds=settings.job_runtime_limit_seconds, idempotency_key=idempotency_key,
-        request_hash=digest,
-    )
-    stmt = insert(Job).values(**values)
-    if idempotency_key is not None:
-        # A concurrent request with the same key may have won the race: the unique index decides.
-        stmt = stmt.on_conflict_do_nothing(
-            index_elements=["owner", "idempotency_key"], index_where=text("idempotency_key IS NOT NULL")
-        )
-    job = session.execute(stmt.returning(Job)).scalar_one_or_none()
-    if job is None:
-        session.rollback()
-        existing = _replay_or_conflict(session, owner, idempotency_key, digest)
-        if existing is None:  # pragma: no cover - the winner's row must exist after the conflict
-            raise ProblemError(409, "conflict", "concurrent submission; retry")
-        return existing, True
-    session.execute(insert(JobEvent).values(job_id=job_id, type="status", attempt=0, data={"status": "queued"}))
-    session.commit()
-    return job, False
+    params = {
+        "id": uuid.uuid4(), "owner": owner, "max_attempts": settings.max_attempts,
+        "spec": Jsonb(resolved), "metadata": Jsonb(metadata),
+        "runtime_limit": settings.job_runtime_limit_seconds, "key": idempotency_key, "hash": digest,
+        "cap": settings.max_active_jobs_per_owner,
+    }
+    with driver_connection(engine) as conn:
+        with conn.pipeline():
+            conn.execute(_OWNER_LOCK, (f"hcd-owner:{owner}",))
+            cursor = conn.execute(_INSERT_JOB, params)
+            conn.commit()
+        row = cursor.fetchone()
+        active, job = row[0], row[1:]
+        if job[0] is not None:
+            return job_row_to_dict(job), False
+        if active >= settings.max_active_jobs_per_owner:
+            raise ProblemError(
+                429, "too_many_active_jobs",
+                f"you have {active} active jobs (the limit is {settings.max_active_jobs_per_owner}); "
+                "wait for one to finish or cancel one",
+                headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+            )
+        # A unique conflict: a concurrent request with the same Idempotency-Key won the race.
+        conn.autocommit = True
+        existing = _replay_or_conflict(conn, owner, idempotency_key, digest) if idempotency_key else None
+        conn.autocommit = False
+    if existing is None:  # pragma: no cover - the winner's row must exist after the conflict
+        raise ProblemError(409, "conflict", "concurrent submission; retry")
+    return existing, True
 
 
-def publish(settings: Settings, job_id: uuid.UUID) -> bool:
-    """Hand the committed job to the queue; on failure the sweep re-publishes it (published_at NULL)."""
+def publish(settings: Settings, engine: Engine, job_id: uuid.UUID) -> bool:
+    """Hand the committed job to the queue, then mark it published; on failure the sweep re-publishes
+    it (published_at stays NULL). The same order as worker.publish.publish_job, with the mark done as
+    one autocommit UPDATE on the API's pool (an ORM session there costs more CPU than the send)."""
     try:
-        from worker.publish import publish_job  # imported lazily: the worker package may be absent
+        from worker.publish import send_job_message  # imported lazily: the worker package may be absent
     except ImportError:
         _log.warning("worker.publish unavailable; job %s left for the sweep", job_id)
         return False
     try:
-        return bool(publish_job(settings, job_id))
+        if not send_job_message(settings, job_id):
+            return False
     except Exception:  # noqa: BLE001 - publishing must never fail a committed submission
         _log.exception("publishing job %s failed; the sweep will retry", job_id)
         return False
+    try:
+        with driver_connection(engine, autocommit=True) as conn:
+            conn.execute(_MARK_PUBLISHED, (job_id,))
+    except Exception as err:  # noqa: BLE001 - the message is out; the worst case is a harmless duplicate later
+        _log.warning("job %s published but published_at not recorded: %s", job_id, err)
+    return True
+
+
+_MARK_PUBLISHED = "UPDATE jobs SET published_at = now() WHERE id = %s"
 
 
 # --------------------------------------------------------------------------- cancel / delete

@@ -37,7 +37,7 @@ class JobOut(BaseModel):
     max_attempts: int
     cancel_requested: bool
     progress: dict[str, Any] = Field(description='{"epoch", "epochs", "step", "total_steps"}')
-    latest_metrics: dict[str, Any]
+    latest_metrics: dict[str, Any] = Field(description="{name: value}; null for a value that is NaN or ±Infinity.")
     result: dict[str, Any] | None = None
     error: JobError | None = None
     metadata: dict[str, str]
@@ -72,7 +72,7 @@ class EventList(Page):
 
 class MetricPointOut(BaseModel):
     name: str
-    value: float
+    value: float | None = Field(description="null when the value is not a finite number (NaN or ±Infinity).")
     step: int
     epoch: int
     timestamp: datetime

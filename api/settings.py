@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 
@@ -20,6 +21,8 @@ class Settings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = 8000
+    # uvicorn worker processes of `hcd up` / `hcd api` (one process uses at most one core: the GIL)
+    api_workers: int = Field(default_factory=lambda: min(4, os.cpu_count() or 1), ge=1, le=64)
 
     # Queue and workers
     queue_name: str = "hcd-gpu"

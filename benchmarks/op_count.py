@@ -16,11 +16,15 @@ Counted per method:
            allocations are not work): ~CUDA launches. CPU-only helpers are left out (Python scalar
            operands converted to tensors, reduction outputs pre-filled) and `_foreach_*` and batch
            norm ops count once (CUDA: a few fused launches; CPU: a loop or several helper ops).
+  syncs    data-dependent-size ops (boolean indexing's nonzero...): each a host sync on CUDA.
+           (`.item()`/`.tolist()` syncs are not seen: on CPU tensors they need no device op.)
 and the same three for the method alone (method_*): its forward and backward on fixed student and
-teacher outputs, i.e. the loss-side ops without the backbones and the optimiser.
+teacher outputs, i.e. the loss-side ops without the backbones and the optimiser. `--time-reps N`
+adds the median wall time of the method alone (at batch 2 on CPU: mostly per-op host overhead).
 
     python benchmarks/op_count.py                              # swin_tiny -> resnet18, 224 px, batch 2
-    python benchmarks/op_count.py --methods kd hcd --breakdown 40
+    python benchmarks/op_count.py --methods kd hcd --breakdown 40   # per-op diff of hcd over kd/ofa
+    python benchmarks/op_count.py --method-ops --time-reps 50      # + hcd's own ops, method timings
 """
 
 from __future__ import annotations
@@ -28,7 +32,9 @@ from __future__ import annotations
 import argparse
 import collections
 import json
+import statistics
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -54,8 +60,10 @@ METADATA_OPS = {
     "aten::flatten", "aten::numpy_T", "aten::set_", "aten::_has_compatible_shallow_copy_type",
     "aten::detach_", "aten::squeeze_", "aten::unsqueeze_", "aten::item", "aten::_local_scalar_dense",
     "aten::is_same_size", "aten::contiguous", "aten::resolve_conj", "aten::resolve_neg", "aten::to",
-    "aten::_to_copy_if_needed", "aten::as_strided_", "aten::_nested_tensor_from_mask_left_aligned",
+    "aten::_to_copy_if_needed", "aten::as_strided_",
 }
+# Ops whose output size depends on the data: on CUDA they wait for the GPU (a host sync).
+SYNCING_OPS = {"aten::nonzero", "aten::masked_select", "aten::_unique2", "aten::unique_consecutive"}
 
 
 # Ops that CUDA runs as one launch (or a few) but CPU as a loop or several helper ops: counted once.
@@ -140,8 +148,9 @@ def count_step(runner: StepRunner, x: torch.Tensor, y: torch.Tensor) -> dict:
     return _profile(lambda: stack_terms(runner(x, y, epoch=30.0)))
 
 
-def count_method(runner: StepRunner, x: torch.Tensor, y: torch.Tensor) -> dict:
-    """The method alone (its forward and backward) on fixed student/teacher outputs made leaves."""
+def method_step(runner: StepRunner, x: torch.Tensor, y: torch.Tensor):
+    """A function running the method alone (its forward and backward) on fixed student/teacher
+    outputs made leaves."""
     p = runner.precision
     x = p.to_input(x)
     with p.autocast():
@@ -156,12 +165,28 @@ def count_method(runner: StepRunner, x: torch.Tensor, y: torch.Tensor) -> dict:
             terms = runner.method(s_out, t_out, y, epoch=30.0, label_smoothing=runner.label_smoothing)
         terms["loss"].backward()
 
-    return _profile(run)
+    return run
+
+
+def count_method(runner: StepRunner, x: torch.Tensor, y: torch.Tensor) -> dict:
+    return _profile(method_step(runner, x, y))
+
+
+def time_method(runner: StepRunner, x: torch.Tensor, y: torch.Tensor, reps: int) -> float:
+    """Median ms of the method alone: on CPU mostly per-op host overhead, as on a host-bound GPU."""
+    run = method_step(runner, x, y)
+    run()
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1000
 
 
 def _count(prof) -> dict:
     events = [e for e in prof.events() if e.name.startswith("aten::")]
-    top, leaf, kernels = collections.Counter(), collections.Counter(), collections.Counter()
+    top, leaf, kernels, syncs = (collections.Counter() for _ in range(4))
     work: dict[int, bool] = {}  # id(event) -> it or an aten op inside it does real work
 
     def does_work(e) -> bool:
@@ -174,6 +199,8 @@ def _count(prof) -> dict:
     for e in events:
         if _aten_parent(e) is None:
             top[e.name] += 1
+        if e.name in SYNCING_OPS:
+            syncs[e.name] += 1
         if _skipped(e):
             continue
         inner = [c for c in e.cpu_children if c.name.startswith("aten::") and not _cpu_artifact(c)]
@@ -182,7 +209,7 @@ def _count(prof) -> dict:
         # A kernel: an op doing work with no aten op inside it doing the work.
         if does_work(e) and (_fused_on_cuda(e) or not any(map(does_work, inner))):
             kernels[e.name] += 1
-    return {"top": top, "leaf": leaf, "kernels": kernels}
+    return {"top": top, "leaf": leaf, "kernels": kernels, "syncs": syncs}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -198,6 +225,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--methods", nargs="+", default=["kd", "ofa", "hcd"], choices=list(METHOD_NAMES))
     p.add_argument("--breakdown", type=int, default=30, help="rows of the per-op diff of hcd over kd")
     p.add_argument("--method-ops", action="store_true", help="list the HCD method's own kernel ops")
+    p.add_argument("--time-reps", type=int, default=0,
+                   help="also time the method alone (forward + backward) over this many runs; median ms")
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -215,6 +244,8 @@ def main(argv: list[str] | None = None) -> int:
         alone = count_method(runner, x, y)
         row = {"method": name, **{k: sum(v.values()) for k, v in counts[name].items()},
                **{f"method_{k}": sum(v.values()) for k, v in alone.items()}}
+        if args.time_reps:
+            row["method_ms_median"] = round(time_method(runner, x, y, args.time_reps), 3)
         if args.method_ops and name == "hcd":
             print("# hcd method alone (forward + backward), kernel ops:")
             for op, n in alone["kernels"].most_common():

@@ -24,7 +24,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     api = sub.add_parser("api", help="serve the REST API (uvicorn)")
     api.add_argument("--host", default=None, help="bind address (default HCD_HOST or 127.0.0.1)")
     api.add_argument("--port", type=int, default=None, help="port (default HCD_PORT or 8000)")
-    api.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
+    api.add_argument("--workers", type=int, default=None,
+                     help="uvicorn worker processes (default HCD_API_WORKERS or min(4, CPU count))")
     api.add_argument("--log-level", default="info")
     api.set_defaults(func=cmd_api)
 
@@ -55,7 +56,7 @@ def cmd_api(args: argparse.Namespace) -> int:
     settings = Settings()
     _require_urls(settings)
     uvicorn.run("api.app:create_app", factory=True, host=args.host or settings.host,
-                port=args.port or settings.port, workers=args.workers, log_level=args.log_level,
+                port=args.port or settings.port, workers=args.workers or settings.api_workers, log_level=args.log_level,
                 timeout_graceful_shutdown=5)
     return 0
 
@@ -199,7 +200,8 @@ def cmd_up(args: argparse.Namespace) -> int:
 
         cli = [sys.executable, "-m", "hcd_cli.main"]
         # Own sessions: Ctrl-C reaches only this process, which then stops the children in order.
-        api = subprocess.Popen(cli + ["api", "--host", host, "--port", str(port)], env=env, start_new_session=True)
+        api = subprocess.Popen(cli + ["api", "--host", host, "--port", str(port), "--workers", str(settings.api_workers)],
+                               env=env, start_new_session=True)
         children.append(("api", api, 10.0))
         worker = subprocess.Popen(cli + ["worker"], env=env, start_new_session=True)
         children.append(("worker", worker, 90.0))
@@ -211,7 +213,7 @@ def cmd_up(args: argparse.Namespace) -> int:
             return 1
         if stop.is_set():
             return 0
-        print(f"hcd up: API ready at {url} (docs at {url}/docs); data in {data_dir}")
+        print(f"hcd up: API ready at {url} (docs at {url}/docs, {settings.api_workers} processes); data in {data_dir}")
         if new_key:
             print(f"hcd up: created an API key for owner 'admin' (shown only now, store it):\n  {new_key}")
         elif settings.bootstrap_api_key:

@@ -241,15 +241,10 @@ def ofa_loss(
 
 
 # --------------------------------------------------------------------------- HCD
-# HCD runs on the GPU host-bound (kernel launches, not FLOPs, set its step time), so these functions
-# are written for few ops: every stage at once on one (K, B, n, C) tensor, log-softmaxes shared
-# between terms, sums of per-row values scaled once instead of per-stage means, and no boolean
-# indexing (that would sync the host on CUDA).
-
-# Added to the diagonal of the OL threshold matrix: a cosine similarity is at most 1 and a threshold
-# at least -1, so relu(G_ii - threshold - 4) is exactly 0 (value and gradient): the diagonal drops out
-# without a mask or an index.
-_DIAGONAL_OFFSET = 4.0
+# On the GPU an HCD step is host-bound (kernel launches, not FLOPs, set its time), so these functions
+# are written for few ops: every stage at once on one (K, B, n, C) tensor, the student's log-softmax
+# shared by the two KL terms, sums over all rows scaled once instead of per-stage means, target
+# entries set by scatter instead of one-hot masks, and no boolean indexing (it syncs the host on CUDA).
 
 
 def _check_sub_logits(name: str, z: Tensor, batch: int, classes: int) -> Tensor:
@@ -269,17 +264,27 @@ def _fp32_matmuls(device: torch.device):
     return contextlib.nullcontext()
 
 
-def _ol_sum(z: Tensor, target_mask: Tensor | None, threshold: float) -> Tensor:
+def _zero_target(z: Tensor, y: Tensor) -> Tensor:
+    """z (..., B, n, C) with entry y[b] of every sub-logit of sample b set to 0 (one scatter)."""
+    lead = z.dim() - 3
+    index = y.view((1,) * lead + (-1, 1, 1)).expand(*z.shape[:-1], 1)
+    return z.scatter(-1, index, 0.0)
+
+
+def _ol_sum(z: Tensor, y: Tensor | None, threshold: float) -> Tensor:
     """Sum over every leading index and every off-diagonal (i, j) of relu(G_ij - threshold)^2,
-    G = cosine similarities of the sub-logits z[..., i, :] (after zeroing `target_mask` entries)."""
+    G = cosine similarities of the sub-logits z[..., i, :] of z (..., B, n, C), after zeroing the
+    target entries when the targets `y` are given."""
     n, classes = z.shape[-2], z.shape[-1]
-    if target_mask is not None:
-        z = z.masked_fill(target_mask, 0.0)
+    if y is not None:
+        z = _zero_target(z, y)
     z = F.normalize(z, p=2.0, dim=-1, eps=_NORM_EPS).reshape(-1, n, classes)
     with _fp32_matmuls(z.device):
         gram = torch.bmm(z, z.transpose(1, 2))
+    # The diagonal gets a threshold above 1, which no cosine similarity exceeds: relu then zeroes it
+    # (value and gradient) with no mask or index.
     thresholds = torch.full((n, n), threshold, dtype=gram.dtype, device=gram.device)
-    thresholds.fill_diagonal_(threshold + _DIAGONAL_OFFSET)
+    thresholds.fill_diagonal_(max(threshold, 1.0) + 1.0)
     return F.relu(gram - thresholds).pow(2).sum()
 
 
@@ -297,22 +302,23 @@ def orthogonality_loss(
     y = _check_target(target, batch, classes)
     if n == 1:
         return z.new_zeros(())
-    mask = _onehot_mask(y, classes).unsqueeze(1) if mask_target else None
-    return _ol_sum(z, mask, threshold) / (batch * n * (n - 1))
+    return _ol_sum(z, y if mask_target else None, threshold) / (batch * n * (n - 1))
 
 
-def _smoothed_ce_weights(onehot: Tensor, label_smoothing: float, scale: float) -> Tensor:
-    """w with CE(row) = -sum_c w_c log_softmax(row)_c, times `scale`: (1 - ls) on the target + ls/C."""
-    classes = onehot.shape[1]
-    off = label_smoothing / classes
-    return torch.where(onehot, scale * (1.0 - label_smoothing + off), scale * off)
+def _smoothed_ce_weights(y: Tensor, logits: Tensor, label_smoothing: float, scale: float) -> Tensor:
+    """(B, C) w with CE(row) = -sum_c w_c log_softmax(row)_c: (1 - ls) on the target plus ls/C
+    everywhere, times `scale` (two kernels: a fill and a scatter); shaped and typed like `logits`."""
+    off = label_smoothing / logits.shape[1]
+    w = torch.full(logits.shape, scale * off, dtype=logits.dtype, device=logits.device)
+    return w.scatter_(1, y.unsqueeze(1), scale * (1.0 - label_smoothing + off))
 
 
 def _stage_terms(
     raw: Tensor,
     z_t: Tensor,
     student_log_q: Tensor,
-    onehot: Tensor,
+    y: Tensor,
+    ce_weights: Tensor,
     *,
     temperature: float,
     fusion: str,
@@ -320,23 +326,23 @@ def _stage_terms(
     ol_input: str,
     mask_target: bool,
     detach_fused: bool,
-    label_smoothing: float,
     stage_weight: float,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """sdd_ce, sdd_kl, ol for raw sub-logits (K, B, n, C) of K stages that share n: each is
     `stage_weight` * sum over the stages of that stage's mean (equal row counts, so the sum of the
     stage means is the sum over all rows divided by one stage's row count).
 
-    z_t: teacher logits (B, C) in float32, detached; student_log_q: log_softmax(z_s / T) (B, C).
+    z_t: teacher logits (B, C) in float32, detached; student_log_q: log_softmax(z_s / T) (B, C);
+    ce_weights: `_smoothed_ce_weights(y, z_s, label_smoothing, -1 / B)`.
     """
-    _, batch, n, classes = raw.shape
+    _, batch, n, _ = raw.shape
     rows = batch * n  # rows (sample, sub-logit) of one stage
     teacher = z_t.unsqueeze(1)  # (B, 1, C): broadcasts over stages and sub-logits
     # Mixed-dtype add: a half-precision raw is promoted to float32 inside the one kernel.
     fused = raw + teacher if fusion == "sum" else torch.add(teacher * 0.5, raw, alpha=0.5)
 
-    ce_weights = _smoothed_ce_weights(onehot, label_smoothing, -stage_weight / rows).unsqueeze(1)
-    sdd_ce = (F.log_softmax(fused, dim=-1) * ce_weights).sum()
+    # The student CE's weights (scaled -1/B) rescaled to -stage_weight / rows by one scalar multiply.
+    sdd_ce = (F.log_softmax(fused, dim=-1) * ce_weights.unsqueeze(1)).sum() * (stage_weight * batch / rows)
 
     # Its own log-softmax even at T = 1: sdd_ce and sdd_kl then share no saved tensors, so either
     # can be differentiated after the other.
@@ -349,8 +355,7 @@ def _stage_terms(
         ol = fused.new_zeros(())
     else:
         z = fused if ol_input == "fused" else _full_precision(raw)
-        mask = onehot.unsqueeze(1) if mask_target else None
-        ol = _ol_sum(z, mask, ol_threshold) * (stage_weight / (rows * (n - 1)))
+        ol = _ol_sum(z, y if mask_target else None, ol_threshold) * (stage_weight / (rows * (n - 1)))
     return sdd_ce, sdd_kl, ol
 
 
@@ -382,12 +387,11 @@ def _hcd_terms(
 ) -> dict[str, Tensor]:
     """The five terms from checked inputs; `stages` is one (K, B, n, C) tensor or a list of (B, n, C)
     tensors of different n (each then handled on its own)."""
-    batch, classes = s.shape
+    batch = s.shape[0]
     temp = temperature
-    onehot = _onehot_mask(y, classes)
     z_t = t.detach()
-
-    ce = (F.log_softmax(s, dim=-1) * _smoothed_ce_weights(onehot, label_smoothing, -1.0 / batch)).sum()
+    ce_weights = _smoothed_ce_weights(y, s, label_smoothing, -1.0 / batch)
+    ce = (F.log_softmax(s, dim=-1) * ce_weights).sum()
     # The student's log-softmax at T serves both KL terms (kd and sdd_kl); the CE terms have their own.
     log_q_t = F.log_softmax(s if temp == 1.0 else s / temp, dim=-1)
     log_p_t = F.log_softmax(z_t if temp == 1.0 else z_t / temp, dim=-1)
@@ -395,12 +399,12 @@ def _hcd_terms(
 
     num_stages = stages.shape[0] if isinstance(stages, Tensor) else len(stages)
     switches = dict(temperature=temp, fusion=fusion, ol_threshold=ol_threshold, ol_input=ol_input,
-                    mask_target=mask_target, detach_fused=detach_fused, label_smoothing=label_smoothing,
+                    mask_target=mask_target, detach_fused=detach_fused,
                     stage_weight=1.0 if stage_reduce == "sum" else 1.0 / num_stages)
     if isinstance(stages, Tensor):
-        sdd_ce, sdd_kl, ol = _stage_terms(stages, z_t, log_q_t, onehot, **switches)
+        sdd_ce, sdd_kl, ol = _stage_terms(stages, z_t, log_q_t, y, ce_weights, **switches)
     else:
-        per_stage = [_stage_terms(z.unsqueeze(0), z_t, log_q_t, onehot, **switches) for z in stages]
+        per_stage = [_stage_terms(z.unsqueeze(0), z_t, log_q_t, y, ce_weights, **switches) for z in stages]
         sdd_ce, sdd_kl, ol = (torch.stack(values).sum() for values in zip(*per_stage))
     return {"ce": ce, "kd": kd, "sdd_ce": sdd_ce, "sdd_kl": sdd_kl, "ol": ol}
 

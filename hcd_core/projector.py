@@ -63,10 +63,11 @@ class ConvProjector(nn.Module):
             body = [SepConvBlock(widths[i], widths[i + 1]) for i in range(num_blocks)]
         self.num_blocks = num_blocks
         self.body = nn.Sequential(*body)
-        self.pool = nn.AdaptiveAvgPool2d(1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.pool(self.body(x)).flatten(1)
+        # Global average pooling as a plain mean: AdaptiveAvgPool2d(1) on a channels_last map
+        # restrides its output in place, and backward through that costs extra kernels.
+        return self.body(x).mean(dim=(2, 3))
 
 
 def build_projectors(channels: list[int], sizes: list[tuple[int, int]], out_dim: int) -> nn.ModuleList:

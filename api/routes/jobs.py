@@ -9,13 +9,15 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.background import BackgroundTask
 from redis.exceptions import RedisError
 from sqlalchemy import and_, or_, select, tuple_
 from sqlalchemy.orm import Session
 
 from api import jobs_service
 from api.artifact_files import file_response
-from api.deps import get_session, require_owner
+from api.deps import get_session, in_db_thread, require_owner
+from api.json_body import finite_or_none, json_response
 from api.pagination import DEFAULT_LIMIT, MAX_LIMIT, decode_cursor, encode_cursor
 from api.problems import ProblemError
 from api.schemas import (
@@ -30,6 +32,9 @@ DB = Annotated[Session, Depends(get_session)]
 _IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
 
 _PROBLEM = {"content": {"application/problem+json": {}}}
+_NON_FINITE_NOTE = (
+    "JSON has no NaN or Infinity: a metric value that is not a finite number is sent as `null`."
+)
 
 
 async def _read_capped_body(request: Request, limit: int) -> bytes:
@@ -45,15 +50,15 @@ async def _read_capped_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def _job_json(job: Job, status_code: int = 200, headers: dict | None = None) -> JSONResponse:
-    body = JobOut.model_validate(jobs_service.job_to_dict(job)).model_dump(mode="json")
-    return JSONResponse(body, status_code=status_code, headers=headers)
+def _job_json(job: Job, status_code: int = 200, headers: dict | None = None) -> Response:
+    return json_response(jobs_service.job_to_dict(job), status_code, headers)
 
 
 @router.post(
     "",
     status_code=202,
     response_model=JobOut,
+    response_class=JSONResponse,
     summary="Submit a distillation job",
     description=(
         'Body: `{"spec": <JobSpec>, "metadata": {"key": "value"}}`. The spec is the same document '
@@ -61,7 +66,7 @@ def _job_json(job: Job, status_code: int = 200, headers: dict | None = None) -> 
         "yours), `{\"source\": \"model\", \"model_id\"}` (an uploaded model) or `{\"source\": \"timm\"}`. "
         "Dataset roots are relative to the server's datasets directory. With `Idempotency-Key`, "
         "a repeat of the same body returns the stored job (header `Idempotent-Replayed: true`); "
-        "another body with that key is a 422."
+        "another body with that key is a 422. " + _NON_FINITE_NOTE
     ),
     openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
         "schema": {"$ref": "#/components/schemas/SubmitJobRequest"}}}}},
@@ -81,19 +86,18 @@ async def submit_job(
                            errors=[{"loc": "header.Idempotency-Key", "msg": "1..255 visible ASCII characters"}])
     raw = await _read_capped_body(request, settings.max_request_bytes)
     body = jobs_service.parse_json_body(raw)
-
-    def create():
-        with request.app.state.sessionmaker() as session:
-            job, replayed = jobs_service.create_job(session, settings, owner, body, idempotency_key)
-            if not replayed:
-                jobs_service.publish(settings, job.id)
-            return job, replayed
-
-    job, replayed = await run_in_threadpool(create)
-    headers = {"Location": f"/jobs/{job.id}"}
+    engine = request.app.state.engine
+    job, replayed = await in_db_thread(request, jobs_service.create_job, engine, settings, owner, body,
+                                       idempotency_key)
+    headers = {"Location": f"/jobs/{job['id']}"}
     if replayed:
         headers["Idempotent-Replayed"] = "true"
-    return _job_json(job, 202, headers)
+        return json_response(job, 202, headers)
+    # Published after the commit and after the response went out (the client does not wait for
+    # Redis); should this process die in between, the sweep publishes the job (published_at NULL).
+    response = json_response(job, 202, headers)
+    response.background = BackgroundTask(in_db_thread, request, jobs_service.publish, settings, engine, job["id"])
+    return response
 
 
 @router.get("", response_model=JobList, summary="List your jobs, newest first")
@@ -122,15 +126,14 @@ def list_jobs(
     return {"data": [jobs_service.job_to_dict(j) for j in page], "has_more": has_more, "next_cursor": cursor}
 
 
-@router.get("/{job_id}", response_model=JobOut, summary="Get a job", responses={404: _PROBLEM})
+@router.get("/{job_id}", response_model=JobOut, response_class=JSONResponse, summary="Get a job",
+            description=_NON_FINITE_NOTE, responses={404: _PROBLEM})
 async def get_job(job_id: str, request: Request, owner: Owner):
+    # The pollers' hot path: one thread hop, one autocommit SELECT, JSON built directly (the
+    # response_model above documents the shape; it is not re-validated here).
     uid = jobs_service.parse_uuid(job_id)
-
-    def fetch() -> JSONResponse:  # one thread hop, one query (the hot path of pollers)
-        with request.app.state.sessionmaker() as session:
-            return _job_json(jobs_service.get_owned_job(session, owner, uid))
-
-    return await run_in_threadpool(fetch)
+    job = await in_db_thread(request, jobs_service.fetch_owned_job, request.app.state.engine, owner, uid)
+    return json_response(job)
 
 
 @router.post("/{job_id}/cancel", status_code=202, response_model=JobOut, summary="Cancel a job",
@@ -181,7 +184,7 @@ def list_events(
 
 
 @router.get("/{job_id}/metrics", response_model=MetricList, summary="Metric history (from Postgres)",
-            responses={404: _PROBLEM})
+            description="Points ordered by (name, step); `after` continues from `next_cursor`. " + _NON_FINITE_NOTE, responses={404: _PROBLEM})
 def list_metrics(
     job_id: str, owner: Owner, session: DB,
     name: Annotated[list[str] | None, Query(max_length=64, description="Metric name; repeat for several.")] = None,
@@ -209,7 +212,8 @@ def list_metrics(
     rows = session.execute(query.order_by(MetricPoint.name, MetricPoint.step).limit(limit + 1)).scalars().all()
     page, has_more = rows[:limit], len(rows) > limit
     return {
-        "data": [{"name": p.name, "value": p.value, "step": p.step, "epoch": p.epoch, "timestamp": p.ts} for p in page],
+        "data": [{"name": p.name, "value": finite_or_none(p.value), "step": p.step, "epoch": p.epoch, "timestamp": p.ts}
+                 for p in page],
         "has_more": has_more,
         "next_cursor": encode_cursor(page[-1].name, page[-1].step) if has_more else None,
     }
