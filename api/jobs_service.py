@@ -10,8 +10,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
 from psycopg.types.json import Jsonb
+from pydantic import ValidationError
 from sqlalchemy import Engine, delete, select, text, update
 from sqlalchemy.orm import Session
 
@@ -365,10 +365,11 @@ def create_job(
                 "wait for one to finish or cancel one",
                 headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
             )
-        # A unique conflict: a concurrent request with the same Idempotency-Key won the race.
-        conn.autocommit = True
-        existing = _replay_or_conflict(conn, owner, idempotency_key, digest) if idempotency_key else None
-        conn.autocommit = False
+    # A unique conflict: a concurrent request with the same Idempotency-Key won the race.
+    existing = None
+    if idempotency_key is not None:
+        with driver_connection(engine, autocommit=True) as conn:
+            existing = _replay_or_conflict(conn, owner, idempotency_key, digest)
     if existing is None:  # pragma: no cover - the winner's row must exist after the conflict
         raise ProblemError(409, "conflict", "concurrent submission; retry")
     return existing, True

@@ -1,6 +1,6 @@
 """CUDA smoke run of the engine: a ce teacher (bf16, EMA), then HCD students with fp16 and bf16;
 re-evaluating the exported student must reproduce the reported accuracy. Used by benchmarks/gpu_check.sh."""
-import json, tempfile, time
+import json, math, tempfile, time
 from pathlib import Path
 import torch
 from hcd_core.spec import parse_spec
@@ -24,3 +24,4 @@ for amp in ("fp16", "bf16"):
         hooks=RunHooks(should_stop=lambda: False))
     card = json.loads((d / amp / "model_card.json").read_text())
     print("hcd", amp, r2.status, r2.final_metrics, card["precision"], card["channels_last"], card["device"], round(time.time() - t0, 1))
+    assert math.isfinite(r2.final_metrics["train_loss"]), f"{amp}: training diverged to NaN/inf"

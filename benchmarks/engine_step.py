@@ -75,7 +75,7 @@ def bench_method(name: str, args, teacher, device, precision) -> dict:
         student.to(memory_format=torch.channels_last)
         method.to(memory_format=torch.channels_last)
     params = trainable_parameters(student, method)
-    optimizer = build_optimizer(params, spec.training)
+    optimizer = build_optimizer(params, spec.training, grad_scaling=precision.use_scaler)
     ema = ModelEma(student.model, spec.training.ema_decay) if spec.training.ema_decay else None
     runner = StepRunner(student=student, teacher=teacher if name != "ce" else None, method=method,
                         optimizer=optimizer, precision=precision, params=params, grad_clip=args.grad_clip,

@@ -272,6 +272,25 @@ class CpuMeter:
         return result
 
 
+async def _cancel_uncaptured(client: httpx.AsyncClient, created: list[str]) -> None:
+    """wrk drops the answers still in flight when it stops, yet those jobs exist: cancel every job of
+    ours still queued/running that was created since the run began (newest first)."""
+    firsts = [(await client.get(f"/jobs/{job_id}")).json()["created_at"] for job_id in created[:: max(1, len(created) // 8)]]
+    since = min(datetime.fromisoformat(t) for t in firsts)
+    params = [("status", "queued"), ("status", "running"), ("limit", "100")]
+    known, cursor = set(created), None
+    while True:
+        page = (await client.get("/jobs", params=params + ([("after", cursor)] if cursor else []))).json()
+        for job in page["data"]:
+            if datetime.fromisoformat(job["created_at"]) < since:
+                return
+            if job["id"] not in known:
+                await client.post(f"/jobs/{job['id']}/cancel")
+        if not page["has_more"]:
+            return
+        cursor = page["next_cursor"]
+
+
 async def bench_api_wrk(client: httpx.AsyncClient, args) -> dict:
     """POST then GET, each for `args.duration` seconds from wrk; then cancels the created jobs."""
     threads = max(1, min(args.wrk_threads, args.clients))
@@ -300,6 +319,7 @@ async def bench_api_wrk(client: httpx.AsyncClient, args) -> dict:
             return (await client.post(f"/jobs/{created[i]}/cancel")).status_code
 
         await _closed_loop(min(8, args.clients), len(created), cancel)
+        await _cancel_uncaptured(client, created)
         ids_file = tmpdir / "ids.txt"
         ids_file.write_text("\n".join(created) + "\n")
         get_lua = tmpdir / "get.lua"

@@ -181,7 +181,7 @@ def run_job(
             teacher.to(memory_format=torch.channels_last)
 
     params = trainable_parameters(student, method)
-    optimizer = build_optimizer(params, t)
+    optimizer = build_optimizer(params, t, grad_scaling=precision.use_scaler)
     ema = ModelEma(student.model, t.ema_decay) if t.ema_decay else None
     runner = StepRunner(student=student, teacher=teacher, method=method, optimizer=optimizer,
                         precision=precision, params=params, grad_clip=t.grad_clip,

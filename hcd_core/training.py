@@ -88,13 +88,17 @@ def trainable_parameters(*modules: nn.Module | None) -> list[nn.Parameter]:
     return out
 
 
-def build_optimizer(params: list[nn.Parameter], t: TrainingSpec) -> torch.optim.Optimizer:
+def build_optimizer(
+    params: list[nn.Parameter], t: TrainingSpec, *, grad_scaling: bool = False
+) -> torch.optim.Optimizer:
     """SGD (Nesterov per spec) or AdamW; norms and biases (1-D tensors) get no weight decay.
 
-    On CUDA the fused kernels are used: one launch per step instead of several per parameter
-    group, which matters because small students make the step launch-bound.
+    On CUDA the fused kernels are used (one launch per step instead of several per parameter group:
+    small students make the step launch-bound), except fused SGD under fp16 grad scaling: in torch
+    2.11 it advances its momentum on the overflow steps the scaler must skip, which turns the
+    weights into NaN (seen on an H100). Fused AdamW honours the skip.
     """
-    fused = bool(params) and all(p.is_cuda for p in params)
+    on_cuda = bool(params) and all(p.is_cuda for p in params)
     decay = [p for p in params if p.ndim > 1]
     no_decay = [p for p in params if p.ndim <= 1]
     groups = [
@@ -102,10 +106,11 @@ def build_optimizer(params: list[nn.Parameter], t: TrainingSpec) -> torch.optim.
         {"params": no_decay, "weight_decay": 0.0},
     ]
     if t.optimizer == "sgd":
+        fused = on_cuda and not grad_scaling
         return torch.optim.SGD(groups, lr=t.lr, momentum=t.momentum, nesterov=bool(t.nesterov and t.momentum > 0),
                                fused=fused or None)
     if t.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=t.lr, fused=fused or None)
+        return torch.optim.AdamW(groups, lr=t.lr, fused=on_cuda or None)
     raise ValueError(f"unknown optimizer {t.optimizer!r}")
 
 

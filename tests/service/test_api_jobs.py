@@ -174,3 +174,31 @@ def test_job_shows_worker_progress_and_error(api_client, auth_headers, service_s
     assert job["error"] == {"code": "training_error", "message": "boom"}
     assert job["progress"]["step"] == 5 and job["latest_metrics"] == {"loss": 0.5}
     assert job["phase"] == "training"
+
+
+def test_pooled_connections_killed_by_the_server_are_replaced(api_client, auth_headers, service_settings):
+    """No pool_pre_ping: a connection the server closed (restart, pg_terminate_backend) is detected
+    at checkout and replaced, so the next requests still succeed."""
+    import time
+
+    import psycopg
+
+    from api.db import normalize_database_url
+
+    job = _submit(api_client, auth_headers).json()
+    assert api_client.get(f"/jobs/{job['id']}", headers=auth_headers).status_code == 200  # pool warm
+    conninfo = normalize_database_url(service_settings.database_url).replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(conninfo, autocommit=True) as admin:
+        killed = admin.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        ).fetchone()[0]
+        assert killed >= 1
+        deadline = time.monotonic() + 10
+        while admin.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                            " AND pid <> pg_backend_pid()").fetchone()[0] and time.monotonic() < deadline:
+            time.sleep(0.05)
+    for _ in range(3):
+        assert api_client.get(f"/jobs/{job['id']}", headers=auth_headers).status_code == 200
+    assert _submit(api_client, auth_headers).status_code == 202
+    assert api_client.get("/jobs", headers=auth_headers).status_code == 200  # ORM sessions too

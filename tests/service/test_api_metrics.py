@@ -136,3 +136,27 @@ def test_sse_generator_keeps_alive_and_survives_redis_down(service_settings):
 
     down = asyncio.run(collect("redis://127.0.0.1:1/0", ["running", "failed"], False))
     assert "event: end" in down[-1] and "failed" in down[-1]
+
+
+def test_non_finite_metric_values_are_sent_as_null(api_client, auth_headers, service_settings, api_owner):
+    """NaN/inf are legal in metric_points (double precision) but not in JSON: null, never a 500."""
+    job_id = insert_job(service_settings, api_owner, status="running")
+    now = datetime.now(timezone.utc)
+    with get_sessionmaker(service_settings.database_url)() as session:
+        for step, value in enumerate([float("nan"), float("inf"), float("-inf"), 1.5]):
+            session.add(MetricPoint(job_id=job_id, name="loss", step=step, value=value, epoch=0, ts=now))
+        session.commit()
+    r = api_client.get(f"/jobs/{job_id}/metrics", headers=auth_headers)
+    assert r.status_code == 200, r.text
+    assert [p["value"] for p in r.json()["data"]] == [None, None, None, 1.5]
+    assert api_client.get(f"/jobs/{job_id}", headers=auth_headers).status_code == 200
+    described = api_client.get("/openapi.json").json()["paths"]["/jobs/{job_id}/metrics"]["get"]["description"]
+    assert "null" in described and "NaN" in described
+
+
+def test_job_json_encoder_turns_non_finite_floats_into_null():
+    from api.json_body import dumps
+
+    body = {"latest_metrics": {"loss": float("nan"), "top1": 0.5}, "result": {"best": [float("inf"), 1.0]}}
+    assert json.loads(dumps(body)) == {"latest_metrics": {"loss": None, "top1": 0.5}, "result": {"best": [None, 1.0]}}
+    assert dumps({"at": datetime(2024, 1, 2, 3, 4, 5, tzinfo=timezone.utc)}) == b'{"at":"2024-01-02T03:04:05Z"}'
