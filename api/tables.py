@@ -69,6 +69,11 @@ class Job(Base):
     __table_args__ = (
         Index("ix_jobs_owner_created", "owner", "created_at", "id"),
         Index("ix_jobs_status", "status"),
+        # The per-owner active-job cap counts these rows on every submit.
+        Index(
+            "ix_jobs_owner_active", "owner",
+            postgresql_where="status IN ('queued', 'running', 'cancelling')",
+        ),
         Index(
             "uq_jobs_owner_idempotency", "owner", "idempotency_key", unique=True,
             postgresql_where="idempotency_key IS NOT NULL",

@@ -161,7 +161,9 @@ class MetricsSink:
                     return
                 type_, data = self._stream_queue[0]
             try:
-                xadd(redis_client(self.settings), self.settings, self.job_id, type_, data)
+                # appended_at: when the entry enters the stream (ts is when training made the point;
+                # a throttled step point waits up to metrics_min_interval_seconds in between).
+                xadd(redis_client(self.settings), self.settings, self.job_id, type_, {**data, "appended_at": time.time()})
             except (redis.RedisError, OSError) as err:
                 self.stream_errors += 1
                 if self.stream_errors in (1, 10, 100) or self.stream_errors % 1000 == 0:
