@@ -17,7 +17,12 @@ from hcd_core.data import BatchSource
 
 @torch.no_grad()
 def evaluate(model: nn.Module, batches: BatchSource, device: torch.device, *, channels_last: bool = False) -> dict[str, float]:
-    """{"val_top1", "val_top5" (percent), "val_loss" (mean CE)} over the whole validation set."""
+    """{"val_top1", "val_top5" (percent), "val_loss" (mean CE)} over the whole validation set.
+
+    cuDNN runs deterministic algorithms here: with cudnn.benchmark another process may pick another
+    algorithm, and last-bit differences flip near-tied top-5 answers; fixed algorithms let the
+    exported weights re-evaluate to the reported accuracy. No effect on the CPU.
+    """
     was_training = model.training
     model.eval()
     correct1 = torch.zeros((), dtype=torch.long, device=device)
@@ -25,19 +30,20 @@ def evaluate(model: nn.Module, batches: BatchSource, device: torch.device, *, ch
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     total = 0
     try:
-        for x, y in batches.batches():
-            x = x.to(device, non_blocking=True)
-            y = y.to(device, non_blocking=True)
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            logits = model(x).float()
-            k = min(5, logits.shape[1])
-            top = logits.topk(k, dim=1).indices
-            hits = top.eq(y.unsqueeze(1))
-            correct1 += hits[:, 0].sum()
-            correct5 += hits.any(dim=1).sum()
-            loss_sum += F.cross_entropy(logits, y, reduction="sum").double()
-            total += y.numel()
+        with torch.backends.cudnn.flags(enabled=torch.backends.cudnn.enabled, benchmark=False, deterministic=True):
+            for x, y in batches.batches():
+                x = x.to(device, non_blocking=True)
+                y = y.to(device, non_blocking=True)
+                if channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                logits = model(x).float()
+                k = min(5, logits.shape[1])
+                top = logits.topk(k, dim=1).indices
+                hits = top.eq(y.unsqueeze(1))
+                correct1 += hits[:, 0].sum()
+                correct5 += hits.any(dim=1).sum()
+                loss_sum += F.cross_entropy(logits, y, reduction="sum").double()
+                total += y.numel()
     finally:
         model.train(was_training)
     c1, c5, ls = torch.stack([correct1.double(), correct5.double(), loss_sum]).tolist()
