@@ -55,7 +55,9 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def bench_method(name: str, args, teacher, device, precision) -> dict:
+def build_step_runner(name: str, args, teacher, device, precision, *, grad_clip=None) -> StepRunner:
+    """A fresh student (seed 0) and method extras for `name`, on the `paper-cifar` recipe's optimiser,
+    wrapped in the trainer's own StepRunner (also used by benchmarks/op_count.py)."""
     doc = {
         "method": {"name": name},
         "student": {"arch": args.student},
@@ -77,9 +79,13 @@ def bench_method(name: str, args, teacher, device, precision) -> dict:
     params = trainable_parameters(student, method)
     optimizer = build_optimizer(params, spec.training, grad_scaling=precision.use_scaler)
     ema = ModelEma(student.model, spec.training.ema_decay) if spec.training.ema_decay else None
-    runner = StepRunner(student=student, teacher=teacher if name != "ce" else None, method=method,
-                        optimizer=optimizer, precision=precision, params=params, grad_clip=args.grad_clip,
-                        label_smoothing=0.1, ema=ema)
+    return StepRunner(student=student, teacher=teacher if name != "ce" else None, method=method,
+                      optimizer=optimizer, precision=precision, params=params, grad_clip=grad_clip,
+                      label_smoothing=0.1, ema=ema)
+
+
+def bench_method(name: str, args, teacher, device, precision) -> dict:
+    runner = build_step_runner(name, args, teacher, device, precision, grad_clip=args.grad_clip)
     gen = torch.Generator().manual_seed(1)
     x = torch.randn(args.batch_size, 3, args.image_size, args.image_size, generator=gen).to(device)
     y = torch.randint(0, args.num_classes, (args.batch_size,), generator=gen).to(device)
@@ -104,12 +110,12 @@ def bench_method(name: str, args, teacher, device, precision) -> dict:
         "step_ms": round(step_ms, 3),
         "images_per_s": round(args.batch_size / (step_ms / 1000), 1),
         "peak_mem_mb": round(torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else peak_rss, 1),
-        "extra_params": count_parameters(method),
+        "extra_params": count_parameters(runner.method),
         "mem_kind": "cuda_max_allocated" if device.type == "cuda" else "cpu_rss_peak_sampled",
         "step_ms_p10": round(sorted(times)[len(times) // 10] * 1000, 3),
         "step_ms_p90": round(sorted(times)[(len(times) * 9) // 10] * 1000, 3),
     }
-    del runner, optimizer, method, student, ema
+    del runner
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()

@@ -42,13 +42,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
-from hcd_core.features import build_student  # noqa: E402
-from hcd_core.methods import build_method  # noqa: E402
-from hcd_core.spec import METHOD_NAMES, parse_spec  # noqa: E402
+from engine_step import NORM, build_step_runner  # noqa: E402  (sibling script: the same step runner)
+from hcd_core.spec import METHOD_NAMES  # noqa: E402
 from hcd_core.teacher import build_teacher  # noqa: E402
-from hcd_core.training import Precision, StepRunner, build_optimizer, stack_terms, trainable_parameters  # noqa: E402
-
-NORM = ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))
+from hcd_core.training import Precision, StepRunner, stack_terms  # noqa: E402
 
 # Ops that only make metadata (no kernel on CUDA).
 METADATA_OPS = {
@@ -107,30 +104,11 @@ def _skipped(event) -> bool:
 
 
 def build_runner(name: str, args, teacher) -> tuple[StepRunner, torch.Tensor, torch.Tensor]:
-    doc = {
-        "method": {"name": name},
-        "student": {"arch": args.student},
-        "dataset": {"name": "synthetic", "image_size": args.image_size, "num_classes": args.num_classes},
-        "training": {"recipe": "paper-cifar", "batch_size": args.batch_size, "epochs": 10},
-    }
-    if name != "ce":
-        doc["teacher"] = {"arch": args.teacher, "weights": {"source": "timm"}}
-    spec = parse_spec(doc).resolved()
-    torch.manual_seed(0)
-    student = build_student(args.student, args.num_classes, args.image_size,
-                            num_stages=getattr(spec.method, "num_stages", 4))
-    method = build_method(spec.method, student, teacher if name != "ce" else None, args.num_classes)
     precision = Precision("cpu", torch.bfloat16 if args.amp == "bf16" else None, use_scaler=False,
                           channels_last=not args.no_channels_last)
-    if precision.channels_last:
-        student.to(memory_format=torch.channels_last)
-        method.to(memory_format=torch.channels_last)
-    params = trainable_parameters(student, method)
-    optimizer = build_optimizer(params, spec.training)
-    for group in optimizer.param_groups:  # CUDA's default; CPU would loop per parameter
+    runner = build_step_runner(name, args, teacher, torch.device("cpu"), precision)
+    for group in runner.optimizer.param_groups:  # CUDA's default; CPU would loop per parameter
         group["foreach"] = True
-    runner = StepRunner(student=student, teacher=teacher if name != "ce" else None, method=method,
-                        optimizer=optimizer, precision=precision, params=params, label_smoothing=0.1)
     gen = torch.Generator().manual_seed(1)
     x = torch.randn(args.batch_size, 3, args.image_size, args.image_size, generator=gen)
     y = torch.randint(0, args.num_classes, (args.batch_size,), generator=gen)
