@@ -17,6 +17,7 @@ terms, lr, images_per_s) and after every evaluation (val_top1, val_top5, val_los
 best_val_top1); callers throttle. `should_stop()` is polled every `stop_check_every` steps; when it
 returns True the run saves a checkpoint and returns status "stopped". `on_phase(name)` reports
 "loading", "training", "evaluating", "exporting". `on_progress(Progress)` after every step.
+`before_checkpoint()` runs before every checkpoint is written (every epoch and on stop).
 """
 
 from __future__ import annotations
@@ -51,6 +52,9 @@ class RunHooks:
     should_stop: Callable[[], bool] | None = None
     on_phase: Callable[[str], None] | None = None
     on_progress: Callable[[Progress], None] | None = None
+    # Called before each checkpoint is written: a resumed run never re-reports the points before
+    # its checkpoint, so a caller that buffers them must persist them here (the worker does).
+    before_checkpoint: Callable[[], None] | None = None
     stop_check_every: int = 10
 
 
@@ -199,6 +203,8 @@ def run_job(
             hooks.on_metrics(points)
 
     def save(state: dict) -> None:
+        if hooks.before_checkpoint:
+            hooks.before_checkpoint()  # what was reported so far is durable before we resume past it
         save_checkpoint(ckpt_path, {**state, "spec_hash": digest})
 
     def progress(epoch: int, epochs: int, step: int, total: int) -> None:

@@ -46,6 +46,7 @@ class MetricsSink:
         self.settings, self.job_id, self.attempt = settings, str(job_id), attempt
         self.on_fence_lost = on_fence_lost
         self._lock = threading.Condition()
+        self._pg_write = threading.Lock()  # one Postgres batch at a time, in order
         self._pg_pending: list = []
         self._stream_queue: collections.deque = collections.deque(maxlen=_REDIS_BACKLOG_MAX)
         self._held_step_entry: dict | None = None  # newest throttled per-step entry
@@ -174,8 +175,24 @@ class MetricsSink:
                 if self._stream_queue and self._stream_queue[0][1] is data:
                     self._stream_queue.popleft()
 
+    def persist(self, timeout: float) -> bool:
+        """Write every point added so far to Postgres now, from the caller's thread, retrying for up
+        to `timeout` s; True when done. Called before each checkpoint: a run resumed from that
+        checkpoint will not report the earlier points again, so they must not sit in memory."""
+        deadline = time.monotonic() + timeout
+        while not self._flush_pg():
+            if time.monotonic() >= deadline:
+                _log.warning("metrics of job %s not persisted before its checkpoint", self.job_id)
+                return False
+            time.sleep(0.5)
+        return True
+
     def _flush_pg(self) -> bool:
         """Write pending points + job progress in one fenced transaction; False on a DB error."""
+        with self._pg_write:
+            return self._write_pg_batch()
+
+    def _write_pg_batch(self) -> bool:
         with self._lock:
             batch, self._pg_pending = self._pg_pending, []
             dirty, self._dirty_job = self._dirty_job, False

@@ -204,7 +204,8 @@ def run_attempt(settings: Settings, job_id: str, attempt: int) -> int:
                     writer.event("resumed", {"epoch": progress.epoch, "step": progress.step - 1})
 
         hooks = RunHooks(on_metrics=sink.add, should_stop=stopper, on_phase=writer.phase,
-                         on_progress=on_progress, stop_check_every=2)
+                         on_progress=on_progress, stop_check_every=2,
+                         before_checkpoint=lambda: sink.persist(timeout=settings.lease_seconds))
         result = run_job(spec, output_dir=job_output_dir(settings, job_id), checkpoint_dir=checkpoint_dir,
                          teacher_weights=teacher_weights, teacher_card=teacher_card, hooks=hooks,
                          data_root=settings.datasets_dir)

@@ -153,6 +153,31 @@ def test_stop_saves_checkpoint_where_it_stopped(tmp_path, teacher_file):
     assert saved["loop"]["global_step"] == 2 and saved["loop"]["step_in_epoch"] == 2
 
 
+def test_before_checkpoint_hook_runs_before_every_checkpoint_with_all_points_reported(tmp_path, teacher_file):
+    """A caller that buffers metrics persists them in this hook: by then every point up to the
+    checkpoint's position has been reported, and the checkpoint file is not yet written."""
+    reported_steps: list[int] = []
+    calls: list[tuple[int, bool]] = []
+    ckpt = tmp_path / "c" / CHECKPOINT_NAME
+
+    def before_checkpoint() -> None:
+        saved_step = torch.load(ckpt, weights_only=True)["loop"]["global_step"] if ckpt.exists() else -1
+        calls.append((max(reported_steps), saved_step))
+
+    hooks = RunHooks(on_metrics=lambda points: reported_steps.extend(p.step for p in points),
+                     before_checkpoint=before_checkpoint,
+                     should_stop=lambda: max(reported_steps) >= 7, stop_check_every=1)
+    result = run_job(_spec(teacher_file, epochs=3), output_dir=tmp_path / "o", checkpoint_dir=tmp_path / "c",
+                     hooks=hooks)
+    saved = torch.load(ckpt, weights_only=True)["loop"]["global_step"]
+    assert result.status == "stopped" and saved == result.step
+    # One call per epoch end and one for the stop; each sees every step reported so far, and the
+    # checkpoint on disk still at the previous position (it is written after the hook).
+    assert len(calls) == result.epoch + 1
+    assert calls[-1] == (result.step, calls[-2][0])
+    assert all(before > on_disk for before, on_disk in calls)
+
+
 def test_checkpoint_of_another_spec_is_refused(tmp_path, teacher_file):
     run_job(_spec(teacher_file, epochs=1), output_dir=tmp_path / "o", checkpoint_dir=tmp_path / "c",
             hooks=RunHooks(should_stop=lambda: True, stop_check_every=1))

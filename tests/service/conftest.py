@@ -98,11 +98,26 @@ def service_settings(pg_url, redis_url, tmp_path_factory) -> Settings:
         _env_file=None,
     )
     yield settings
-    import redis
+    _forget_redis_keys(settings)
 
-    client = redis.Redis.from_url(redis_url)
+
+def _forget_redis_keys(settings: Settings) -> None:
+    """Leave a shared Redis as we found it: this session's Celery queue and binding, and the metric
+    streams of this session's jobs (other runs may be using the same database number)."""
+    import redis
+    from sqlalchemy import select
+
+    from api.db import session_scope
+    from api.sse import stream_key
+    from api.tables import Job
+
+    with session_scope(settings.database_url) as session:
+        job_ids = list(session.execute(select(Job.id)).scalars())
+    keys = [settings.queue_name, f"_kombu.binding.{settings.queue_name}"] + [stream_key(j) for j in job_ids]
+    client = redis.Redis.from_url(settings.redis_url)
     try:
-        client.delete(settings.queue_name)  # this session's Celery queue (messages never consumed)
+        for start in range(0, len(keys), 500):
+            client.delete(*keys[start:start + 500])
     except redis.RedisError:
         pass
     finally:
