@@ -113,7 +113,8 @@ def _forget_redis_keys(settings: Settings) -> None:
 
     with session_scope(settings.database_url) as session:
         job_ids = list(session.execute(select(Job.id)).scalars())
-    keys = [settings.queue_name, f"_kombu.binding.{settings.queue_name}"] + [stream_key(j) for j in job_ids]
+    queue = settings.queue_name
+    keys = [queue, f"_kombu.binding.{queue}", f"_kombu.binding_permanent.{queue}"] + [stream_key(j) for j in job_ids]
     client = redis.Redis.from_url(settings.redis_url)
     try:
         for start in range(0, len(keys), 500):
