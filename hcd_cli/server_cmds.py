@@ -182,7 +182,8 @@ def cmd_up(args: argparse.Namespace) -> int:
             server = start_postgres(data_dir / "embedded" / "postgres")
             embedded.append(server)
             env["HCD_DATABASE_URL"] = server.url
-            print(f"hcd up: embedded Postgres, data in {data_dir / 'embedded' / 'postgres'}")
+            # Printed so that `HCD_DATABASE_URL=... hcd keys create` can reach it while it runs.
+            print(f"hcd up: embedded Postgres at {server.url} (data in {data_dir / 'embedded' / 'postgres'})")
         if not settings.redis_url:
             from api.embedded import start_redis
 
