@@ -23,18 +23,20 @@ ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /app
 # Dependencies first (a layer that survives code edits), then the code.
 COPY pyproject.toml README.md ./
-RUN mkdir -p hcd_core hcd_cli api worker migrations \
- && touch hcd_core/__init__.py hcd_cli/__init__.py api/__init__.py worker/__init__.py migrations/__init__.py \
+RUN mkdir -p hcd_core jobs hcd_cli api worker migrations \
+ && touch hcd_core/__init__.py jobs/__init__.py hcd_cli/__init__.py api/__init__.py worker/__init__.py \
+          migrations/__init__.py \
  && pip install --upgrade pip \
  && pip install --extra-index-url https://download.pytorch.org/whl/cu128 . \
  && pip uninstall -y hcd-service
 COPY hcd_core ./hcd_core
+COPY jobs ./jobs
 COPY hcd_cli ./hcd_cli
 COPY api ./api
 COPY worker ./worker
 COPY migrations ./migrations
-# Editable: migrations/ (alembic.ini, versions) stays where api.migrate looks for it.
-RUN pip install --no-deps -e . && python -c "import hcd_cli.main, api.settings, worker.publish"
+# Editable: migrations/ (alembic.ini, versions) stays where jobs.migrate looks for it.
+RUN pip install --no-deps -e . && python -c "import hcd_cli.main, api.app, worker.celery_app"
 
 RUN useradd --create-home --uid 10001 --shell /usr/sbin/nologin hcd \
  && mkdir -p /data/artifacts /data/checkpoints /data/uploads /data/datasets \

@@ -1,40 +1,36 @@
-"""Request dependencies: the database session and the authenticated owner."""
+"""Request dependencies: database calls off the event loop (bounded in time) and the authenticated owner."""
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
+import anyio
 import anyio.to_thread
 from fastapi import Request
-from sqlalchemy.orm import Session
 
-from api.auth import cached_owner, owner_for_key
-from api.problems import ProblemError
-from api.settings import Settings
+from api.problems import DatabaseUnavailable, ProblemError
+from jobs.keys import owner_for_key
 
 T = TypeVar("T")
 _UNAUTHORIZED_HEADERS = {"WWW-Authenticate": 'Bearer realm="hcd"'}
 
 
-def get_settings_dep(request: Request) -> Settings:
-    return request.app.state.settings
+async def in_db_thread(request: Request, func: Callable[..., T], *args: Any, hot: bool = False) -> T:
+    """Run a blocking database call in a thread; 503 when it does not finish within the request timeout.
 
-
-async def in_db_thread(request: Request, func: Callable[..., T], *args: Any) -> T:
-    """Run a blocking database call of a hot route in the app's small thread pool.
-
-    Few threads on purpose: a query takes well under a millisecond, and dozens of threads
-    contending for the GIL with the event loop made tail latency ten times worse under load.
+    A database that hangs (a stopped process, a network black hole) never answers: the call is then
+    abandoned (its thread finishes or fails on its own) and the client gets a 503 in bounded time.
+    Hot routes share a small thread pool: a query takes well under a millisecond, and dozens of
+    threads contending for the GIL with the event loop made tail latency ten times worse under load.
     """
-    return await anyio.to_thread.run_sync(func, *args, limiter=getattr(request.app.state, "db_limiter", None))
-
-
-def get_session(request: Request) -> Iterator[Session]:
-    session = request.app.state.sessionmaker()
+    state = request.app.state
+    limiter = state.db_limiter if hot else None
     try:
-        yield session
-    finally:
-        session.close()
+        with anyio.fail_after(state.settings.request_timeout_seconds):
+            return await anyio.to_thread.run_sync(lambda: func(*args), abandon_on_cancel=True, limiter=limiter)
+    except TimeoutError:
+        raise DatabaseUnavailable() from None
 
 
 async def require_owner(request: Request) -> str:
@@ -52,13 +48,15 @@ async def require_owner(request: Request) -> str:
         raise ProblemError(401, "unauthorized", "the Authorization header must be 'Bearer <key>'",
                            headers=_UNAUTHORIZED_HEADERS)
     state = request.app.state
-    owner = cached_owner(key, state.key_cache)
+    owner = state.key_cache.get(key)
     if owner is None:
         def lookup() -> str | None:
-            with state.sessionmaker() as session:
-                return owner_for_key(session, key, state.key_cache)
+            with state.db.session() as session:
+                return owner_for_key(session, key)
 
-        owner = await in_db_thread(request, lookup)
+        owner = await in_db_thread(request, lookup, hot=True)
+        if owner is not None:
+            state.key_cache.put(key, owner)
     if owner is None:
         raise ProblemError(401, "unauthorized", "invalid or revoked API key", headers=_UNAUTHORIZED_HEADERS)
     return owner

@@ -32,7 +32,7 @@ def decode_cursor(cursor: str, types: tuple[type, ...]) -> list[Any]:
         raise bad from None
     if not isinstance(values, list) or len(values) != len(types):
         raise bad
-    if not all(isinstance(v, t) and not (t is int and isinstance(v, bool)) for v, t in zip(values, types)):
+    if not all(isinstance(v, t) and not (t is int and isinstance(v, bool)) for v, t in zip(values, types, strict=True)):
         raise bad
     if any(isinstance(v, str) and ("\x00" in v or len(v) > 128) for v in values):
         raise bad

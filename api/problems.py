@@ -9,25 +9,39 @@ from __future__ import annotations
 import logging
 from typing import Any, Iterable
 
+import psycopg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from jobs.db import database_unavailable
+from jobs.errors import DomainError, InUse, InvalidInput, InvalidState, LimitExceeded, NotFound
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 _log = logging.getLogger(__name__)
 
 _TITLES = {
     400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
-    405: "Method Not Allowed", 406: "Not Acceptable", 409: "Conflict", 413: "Content Too Large",
+    405: "Method Not Allowed", 406: "Not Acceptable", 408: "Request Timeout", 409: "Conflict", 413: "Content Too Large",
     415: "Unsupported Media Type", 416: "Range Not Satisfiable", 422: "Unprocessable Content",
     429: "Too Many Requests", 500: "Internal Server Error", 503: "Service Unavailable",
 }
 _DEFAULT_CODES = {
     400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
-    405: "method_not_allowed", 406: "not_acceptable", 409: "conflict", 413: "payload_too_large",
+    405: "method_not_allowed", 406: "not_acceptable", 408: "request_timeout", 409: "conflict", 413: "payload_too_large",
     415: "unsupported_media_type", 416: "range_not_satisfiable", 422: "validation_error",
     429: "too_many_requests", 500: "internal_error", 503: "unavailable",
+}
+
+
+class DatabaseUnavailable(Exception):
+    """The database did not answer in time (raised by api.deps.in_db_thread)."""
+
+
+_DOMAIN_STATUS: dict[type[DomainError], int] = {
+    NotFound: 404, InvalidState: 409, InUse: 409, LimitExceeded: 429, InvalidInput: 422,
 }
 
 
@@ -63,10 +77,6 @@ def problem_response(
         body["errors"] = errors
     body.update(extra)
     return JSONResponse(body, status_code=status, headers=headers, media_type=PROBLEM_MEDIA_TYPE)
-
-
-def not_found(what: str = "resource") -> ProblemError:
-    return ProblemError(404, "not_found", f"{what} not found")
 
 
 def _loc_to_str(loc: Iterable[Any]) -> str:
@@ -139,7 +149,42 @@ def install_problem_handlers(app: FastAPI) -> None:
             headers=getattr(exc, "headers", None), instance=request.url.path,
         )
 
+    @app.exception_handler(DomainError)
+    async def _domain(request: Request, exc: DomainError):
+        status = next((code for cls, code in _DOMAIN_STATUS.items() if isinstance(exc, cls)), 400)
+        headers, extra = None, {}
+        if isinstance(exc, LimitExceeded):
+            headers = {"Retry-After": str(exc.retry_after)}
+        if isinstance(exc, InvalidInput):
+            extra["errors"] = exc.errors
+        elif exc.loc:
+            extra["errors"] = [{"loc": exc.loc, "msg": exc.message}]
+        return problem_response(status, exc.code, exc.message, headers=headers, instance=request.url.path, **extra)
+
+    @app.exception_handler(DatabaseUnavailable)
+    async def _database_timeout(request: Request, exc: DatabaseUnavailable):
+        return _database_unavailable(request)
+
+    async def _database_error(request: Request, exc: Exception):
+        if database_unavailable(exc):
+            _log.warning("database unavailable on %s %s: %s", request.method, request.url.path, exc)
+            return _database_unavailable(request)
+        return await _unexpected(request, exc)
+
+    # Registered by class (not only under Exception): Starlette's last-resort handler re-raises, and a
+    # database outage must not fill the logs with tracebacks.
+    app.add_exception_handler(SQLAlchemyError, _database_error)
+    app.add_exception_handler(psycopg.Error, _database_error)
+
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception):
+        if database_unavailable(exc):
+            return _database_unavailable(request)
         _log.exception("unhandled error on %s %s", request.method, request.url.path)
         return problem_response(500, "internal_error", "internal server error", instance=request.url.path)
+
+
+def _database_unavailable(request: Request) -> JSONResponse:
+    retry_after = request.app.state.settings.database_retry_after_seconds
+    return problem_response(503, "database_unavailable", "the database is unavailable; retry shortly",
+                            headers={"Retry-After": str(retry_after)}, instance=request.url.path)

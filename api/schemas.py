@@ -9,8 +9,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from hcd_core.spec import JobSpec
-
-JobStatus = Literal["queued", "running", "cancelling", "succeeded", "failed", "cancelled"]
+from jobs.status import JobPhase, JobStatus
 
 
 class SubmitJobRequest(BaseModel):
@@ -32,7 +31,7 @@ class JobOut(BaseModel):
     id: uuid.UUID
     object: Literal["job"] = "job"
     status: JobStatus
-    phase: str | None = Field(None, description="loading, training, evaluating or exporting")
+    phase: JobPhase | None = Field(None, description="What a running attempt is doing; null once the job ended.")
     attempt: int
     max_attempts: int
     cancel_requested: bool

@@ -17,13 +17,10 @@ from typing import AsyncIterator, Awaitable, Callable
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from api.tables import TERMINAL_STATUSES
+from jobs.status import TERMINAL, JobStatus
+from jobs.streams import stream_key
 
 ENTRY_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
-
-
-def stream_key(job_id: uuid.UUID | str) -> str:
-    return f"hcd:job:{job_id}:events"
 
 
 def format_event(data: str, *, event: str | None = None, event_id: str | None = None) -> str:
@@ -40,7 +37,7 @@ async def job_event_stream(
     client: aioredis.Redis,
     job_id: uuid.UUID,
     last_id: str,
-    job_status: Callable[[], Awaitable[str | None]],
+    job_status: Callable[[], Awaitable[JobStatus | None]],
     *,
     block_ms: int = 1000,
     keepalive_seconds: float = 15.0,
@@ -69,10 +66,15 @@ async def job_event_stream(
             yield "".join(chunks)
             last_sent = time.monotonic()
             continue
-        status = await job_status()
-        if status is None or status in TERMINAL_STATUSES:
+        try:
+            status = await job_status()
+            ended = status is None or status in TERMINAL
+        except Exception:  # noqa: BLE001 - the database is unavailable: keep the stream open, ask again
+            status, ended = None, False
+        if ended:
             # Nothing more in the stream and the job is over (or gone): say so and close.
-            yield format_event(f'{{"status": "{status or "deleted"}", "source": "database"}}', event="end")
+            yield format_event(f'{{"status": "{status or "deleted"}", "source": "database"}}',
+                               event="end")
             return
         if time.monotonic() - last_sent >= keepalive_seconds:
             yield ": keep-alive\n\n"

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import AsyncIterator
 
 from python_multipart.multipart import MultipartParser, parse_options_header
-
 from api.problems import ProblemError
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # safetensors' own limit
@@ -214,7 +213,8 @@ def check_fits_model(path: Path, arch: str, num_classes: int, image_size: int | 
     if unexpected:
         problems.append(f"unexpected tensors: {', '.join(unexpected[:5])}{' ...' if len(unexpected) > 5 else ''}")
     for name in wrong[:5]:
-        problems.append(f"tensor {name!r} has shape {list(shapes[name])}, {arch} with {num_classes} classes expects {list(expected[name])}")
+        problems.append(f"tensor {name!r} has shape {list(shapes[name])}, {arch} with {num_classes} classes "
+                        f"expects {list(expected[name])}")
     if problems:
         hint = "" if image_size else " (for ViT-like models pass the image_size it was trained at)"
         raise invalid_upload(f"the weights do not fit {arch} with {num_classes} classes: " + "; ".join(problems) + hint)

@@ -1,11 +1,15 @@
 """CUDA smoke run of the engine: a ce teacher (bf16, EMA), then HCD students with fp16 and bf16;
 re-evaluating the exported student must reproduce the reported accuracy. Used by benchmarks/gpu_check.sh."""
-import json, math, tempfile, time
+import json
+import math
+import tempfile
+import time
 from pathlib import Path
-import torch
-from hcd_core.spec import parse_spec
-from hcd_core.engine import run_job, RunHooks
+
+from hcd_core.engine import RunHooks, run_job
 from hcd_core.evaluate import evaluate_exported
+from hcd_core.spec import parse_spec
+
 d = Path(tempfile.mkdtemp())
 ds = {"name": "synthetic", "image_size": 32, "num_classes": 10, "train_size": 2000, "val_size": 500}
 t0 = time.time()
@@ -23,5 +27,6 @@ for amp in ("fp16", "bf16"):
         teacher_card=json.loads((d / "t" / "model_card.json").read_text()),
         hooks=RunHooks(should_stop=lambda: False))
     card = json.loads((d / amp / "model_card.json").read_text())
-    print("hcd", amp, r2.status, r2.final_metrics, card["precision"], card["channels_last"], card["device"], round(time.time() - t0, 1))
+    print("hcd", amp, r2.status, r2.final_metrics, card["precision"], card["channels_last"], card["device"],
+          round(time.time() - t0, 1))
     assert math.isfinite(r2.final_metrics["train_loss"]), f"{amp}: training diverged to NaN/inf"

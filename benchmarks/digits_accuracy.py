@@ -59,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     t = run_job(teacher_spec, output_dir=work / "teacher", checkpoint_dir=work / "teacher-ckpt")
     weights = work / "teacher" / "student.safetensors"
     card = json.loads((work / "teacher" / "model_card.json").read_text())
-    print(f"teacher {args.teacher}: top-1 {t.final_metrics['val_top1']:.2f} ({time.time() - started:.0f} s)", flush=True)
+    top1 = t.final_metrics["val_top1"]
+    print(f"teacher {args.teacher}: top-1 {top1:.2f} ({time.time() - started:.0f} s)", flush=True)
 
     results: dict[str, list[float]] = {m: [] for m in args.methods}
     for method in args.methods:

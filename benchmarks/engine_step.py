@@ -33,8 +33,16 @@ from hcd_core.features import build_student  # noqa: E402
 from hcd_core.methods import build_method, count_parameters  # noqa: E402
 from hcd_core.spec import METHOD_NAMES, parse_spec  # noqa: E402
 from hcd_core.teacher import build_teacher  # noqa: E402
-from hcd_core.training import (ModelEma, StepRunner, build_optimizer, configure_backends,  # noqa: E402
-                               resolve_device, resolve_precision, stack_terms, trainable_parameters)
+from hcd_core.training import (  # noqa: E402
+    ModelEma,
+    StepRunner,
+    build_optimizer,
+    configure_backends,
+    resolve_device,
+    resolve_precision,
+    stack_terms,
+    trainable_parameters,
+)
 
 NORM = ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))
 

@@ -40,9 +40,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
+from engine_step import NORM, build_step_runner  # noqa: E402  (sibling script: the same step runner)
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
-from engine_step import NORM, build_step_runner  # noqa: E402  (sibling script: the same step runner)
 from hcd_core.spec import METHOD_NAMES  # noqa: E402
 from hcd_core.teacher import build_teacher  # noqa: E402
 from hcd_core.training import Precision, StepRunner, stack_terms  # noqa: E402

@@ -277,7 +277,8 @@ class CpuMeter:
 async def _cancel_uncaptured(client: httpx.AsyncClient, created: list[str]) -> None:
     """wrk drops the answers still in flight when it stops, yet those jobs exist: cancel every job of
     ours still queued/running that was created since the run began (newest first)."""
-    firsts = [(await client.get(f"/jobs/{job_id}")).json()["created_at"] for job_id in created[:: max(1, len(created) // 8)]]
+    sample = created[:: max(1, len(created) // 8)]
+    firsts = [(await client.get(f"/jobs/{job_id}")).json()["created_at"] for job_id in sample]
     since = min(datetime.fromisoformat(t) for t in firsts)
     params = [("status", "queued"), ("status", "running"), ("limit", "100")]
     known, cursor = set(created), None

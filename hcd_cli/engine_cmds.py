@@ -14,7 +14,8 @@ EXIT_BAD_INPUT = 2
 def register(subparsers) -> None:
     p = subparsers.add_parser("train", help="train one job from a YAML/JSON spec on this machine")
     p.add_argument("spec", type=Path, help="job spec (.yaml, .yml or .json)")
-    p.add_argument("--output", "-o", type=Path, required=True, help="folder for student.safetensors, model_card.json, metrics.jsonl")
+    p.add_argument("--output", "-o", type=Path, required=True,
+                   help="folder for student.safetensors, model_card.json, metrics.jsonl")
     p.add_argument("--data-root", type=Path, default=None, help="base folder for relative dataset roots")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in OUTPUT/checkpoint")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -106,9 +107,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 def _run_train(args, spec, teacher_weights, teacher_card, checkpoint_dir) -> int:
     from tqdm import tqdm
 
-    from hcd_core.checkpoint import CheckpointMismatch
-    from hcd_core.data import DatasetUnavailable
     from hcd_core.engine import RunHooks, run_job
+    from hcd_core.errors import CheckpointMismatch, DatasetUnavailable
 
     bar = None
     shown: dict[str, float] = {}
@@ -119,8 +119,8 @@ def _run_train(args, spec, teacher_weights, teacher_card, checkpoint_dir) -> int
         if args.no_progress:
             return
         if bar is None:
-            bar = tqdm(total=p.total_steps, initial=p.step - 1, unit="step", dynamic_ncols=True)
-        bar.set_description(f"epoch {p.epoch + 1}/{p.epochs}")
+            bar = tqdm(total=p.total_steps, initial=p.step, unit="step", dynamic_ncols=True)
+        bar.set_description(f"epoch {min(p.epoch + 1, p.epochs)}/{p.epochs}")
         bar.update(p.step - bar.n)
 
     def on_metrics(points) -> None:
@@ -169,7 +169,7 @@ def _main_thread() -> bool:
 def cmd_eval(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
-    from hcd_core.data import DatasetUnavailable
+    from hcd_core.errors import DatasetUnavailable
     from hcd_core.evaluate import evaluate_exported
 
     if not args.weights.is_file():

@@ -14,14 +14,24 @@ batches an uninterrupted run would have seen.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from hcd_core.dataset_facts import (
+    DIGITS_TRAIN_FRACTION,
+    FIXED_NUM_CLASSES,
+    SYNTHETIC_BASE_MAX,
+    SYNTHETIC_NUM_CLASSES,
+    SYNTHETIC_TRAIN_SIZE,
+    SYNTHETIC_VAL_SIZE,
+)
+from hcd_core.errors import DatasetUnavailable as DatasetUnavailable
 from hcd_core.spec import DatasetSpec
 
 Norm = tuple[tuple[float, float, float], tuple[float, float, float]]
@@ -35,14 +45,10 @@ DIGITS_NORM: Norm = ((0.3058, 0.3058, 0.3058), (0.3239, 0.3239, 0.3239))
 SYNTHETIC_NORM: Norm = ((0.4796, 0.4751, 0.4875), (0.2923, 0.2845, 0.2896))
 
 DIGITS_SPLIT_SEED = 20240601  # fixed: the digits train/test split never depends on the job seed
-DIGITS_TRAIN_FRACTION = 0.8
 SYNTHETIC_SEED = 1234  # fixed: the synthetic task never depends on the job seed
-SYNTHETIC_DEFAULTS = dict(num_classes=10, train_size=2000, val_size=500)
-_SYNTHETIC_BASE_MAX = 32  # synthetic images are generated at most this large, then upscaled
 
-
-class DatasetUnavailable(RuntimeError):
-    """The dataset is not on disk (and downloading was not asked for)."""
+# A per-sample torchvision transform: a PIL image in, a normalised tensor out.
+Transform = Callable[[Any], Tensor]
 
 
 @dataclass(frozen=True)
@@ -140,7 +146,12 @@ def augment_tensor(x: Tensor, mode: str, gen: torch.Generator) -> Tensor:
     return torch.where(flip.view(b, 1, 1, 1), x.flip(-1), x)
 
 
-def _random_resized_crop(x: Tensor, gen: torch.Generator, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)) -> Tensor:
+def _random_resized_crop(
+    x: Tensor,
+    gen: torch.Generator,
+    scale: tuple[float, float] = (0.08, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+) -> Tensor:
     """RandomResizedCrop on a batch through one affine grid_sample (box of area `scale`, aspect `ratio`)."""
     b = x.shape[0]
     area = torch.empty(b).uniform_(*scale, generator=gen)
@@ -156,16 +167,16 @@ def _random_resized_crop(x: Tensor, gen: torch.Generator, scale=(0.08, 1.0), rat
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
-class _SeededTransform(torch.utils.data.Dataset):
+class _SeededTransform(torch.utils.data.Dataset[tuple[Tensor, int]]):
     """Applies a random transform under a seed derived from (epoch_seed, index): exact on resume."""
 
-    def __init__(self, base, transform, epoch_seed: int | None) -> None:
+    def __init__(self, base: Any, transform: Transform, epoch_seed: int | None) -> None:
         self.base, self.transform, self.epoch_seed = base, transform, epoch_seed
 
     def __len__(self) -> int:
         return len(self.base)
 
-    def __getitem__(self, i: int):
+    def __getitem__(self, i: int) -> tuple[Tensor, int]:
         img, label = self.base[i]
         if self.epoch_seed is None:
             return self.transform(img), label
@@ -177,7 +188,7 @@ class _SeededTransform(torch.utils.data.Dataset):
 class LoaderBatches(BatchSource):
     """Batches of a torchvision dataset through a DataLoader, in the order of the epoch's permutation."""
 
-    def __init__(self, base, transform, *, batch_size: int, num_workers: int, train: bool) -> None:
+    def __init__(self, base: Any, transform: Transform, *, batch_size: int, num_workers: int, train: bool) -> None:
         self.base, self.transform = base, transform
         self.batch_size, self.num_workers = batch_size, num_workers
         self.train = train
@@ -230,7 +241,7 @@ def synthetic_arrays(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """A learnable random task: smooth class prototypes plus per-sample noise and brightness, in [0, 1]."""
     gen = torch.Generator().manual_seed(SYNTHETIC_SEED)
-    base = min(image_size, _SYNTHETIC_BASE_MAX)
+    base = min(image_size, SYNTHETIC_BASE_MAX)
     coarse = torch.randn(num_classes, 3, 4, 4, generator=gen)
     protos = F.interpolate(coarse, size=(base, base), mode="bilinear", align_corners=False)
     protos = torch.sigmoid(protos * 1.5)
@@ -247,7 +258,7 @@ def synthetic_arrays(
     return xtr, ytr, xva, yva
 
 
-def _torchvision_transforms(name: str, image_size: int, augment: str, norm: Norm, train: bool):
+def _torchvision_transforms(name: str, image_size: int, augment: str, norm: Norm, train: bool) -> Transform:
     from torchvision.transforms import v2 as T
 
     size = image_size
@@ -265,12 +276,13 @@ def _torchvision_transforms(name: str, image_size: int, augment: str, norm: Norm
         geo = [T.RandomResizedCrop(size, antialias=True), T.RandomHorizontalFlip()]
     else:
         raise ValueError(f"unknown augmentation {augment!r}")
-    return T.Compose(
+    transform: Transform = T.Compose(
         [T.ToImage(), T.RGB(), *geo, T.ToDtype(torch.float32, scale=True), T.Normalize(list(norm[0]), list(norm[1]))]
     )
+    return transform
 
 
-def _file_datasets(spec: DatasetSpec, root: Path):
+def _file_datasets(spec: DatasetSpec, root: Path) -> tuple[Any, Any, list[str], Norm]:
     import torchvision
 
     if spec.name in ("cifar10", "cifar100"):
@@ -315,17 +327,18 @@ def build_data(
     """
     size = spec.image_size
     eval_bs = eval_batch_size or max(batch_size, 256)
+    train: BatchSource
+    val: BatchSource
+    names: list[str] | None
     if spec.name in ("digits", "synthetic"):
         if spec.name == "digits":
             xtr, ytr, xva, yva = digits_arrays()
-            nc, names, dnorm = 10, [str(i) for i in range(10)], DIGITS_NORM
+            nc = FIXED_NUM_CLASSES["digits"]
+            names, dnorm = [str(i) for i in range(nc)], DIGITS_NORM
         else:
-            nc = spec.num_classes or SYNTHETIC_DEFAULTS["num_classes"]
+            nc = spec.num_classes or SYNTHETIC_NUM_CLASSES
             xtr, ytr, xva, yva = synthetic_arrays(
-                nc,
-                spec.train_size or SYNTHETIC_DEFAULTS["train_size"],
-                spec.val_size or SYNTHETIC_DEFAULTS["val_size"],
-                size,
+                nc, spec.train_size or SYNTHETIC_TRAIN_SIZE, spec.val_size or SYNTHETIC_VAL_SIZE, size
             )
             names, dnorm = None, SYNTHETIC_NORM
         norm = norm or dnorm
@@ -347,14 +360,7 @@ def build_data(
         )
     info = DatasetInfo(
         name=spec.name, num_classes=nc, class_names=names, image_size=size,
-        mean=tuple(norm[0]), std=tuple(norm[1]), train_size=train.num_samples, val_size=val.num_samples,
+        mean=norm[0], std=norm[1], train_size=train.num_samples, val_size=val.num_samples,
     )
     return train, val, info
 
-
-def channel_stats(images: Sequence[Tensor] | Tensor) -> tuple[list[float], list[float]]:
-    """Per-channel mean/std of images in [0, 1] (how the digits/synthetic constants were computed)."""
-    x = images if isinstance(images, Tensor) else torch.stack(list(images))
-    if x.shape[1] == 1:
-        x = x.expand(-1, 3, -1, -1)
-    return x.mean(dim=(0, 2, 3)).tolist(), x.std(dim=(0, 2, 3)).tolist()

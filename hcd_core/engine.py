@@ -8,75 +8,203 @@ CONTRACT (stable; the worker and the CLI are written against it):
         checkpoint_dir=Path,       # internal full training state; resumed from if a checkpoint is there
         teacher_weights=Path|None, # safetensors of the teacher's state dict (caller resolves job/model ids)
         teacher_card=dict|None,    # model_card.json of that teacher, if any (normalisation, image size)
-        hooks=RunHooks(...),
+        hooks=RunHooks(...),       # see hcd_core.types.RunHooks
         data_root=Path|None,       # base directory that relative dataset roots are resolved against
     )
 
-`RunHooks.on_metrics(points)` receives a list of `MetricPoint` after every training step (per-step
-terms, lr, images_per_s) and after every evaluation (val_top1, val_top5, val_loss, and at the end
-best_val_top1); callers throttle. `should_stop()` is polled every `stop_check_every` steps; when it
-returns True the run saves a checkpoint and returns status "stopped". `on_phase(name)` reports
-"loading", "training", "evaluating", "exporting". `on_progress(Progress)` after every step.
-`before_checkpoint()` runs before every checkpoint is written (every epoch and on stop).
+Metric points go to `hooks.on_metrics` after every step (per-step terms, lr, images_per_s) and after
+every evaluation (val_top1, val_top5, val_loss, train_loss, and at the end best_val_top1). A stop
+request saves a checkpoint and returns status "stopped". Errors callers classify are in
+`hcd_core.errors`; every failed write into output_dir/checkpoint_dir is an `OutputWriteError`.
+
+A run is three steps: `build` (data, teacher, student, method, optimiser, trainer), `train` (resume
+from the checkpoint, run the trainer) and `export` (weights, model card; the metrics log is written
+as training goes).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Any
 
-from hcd_core.spec import JobSpec
+import torch
+import torch.nn as nn
+
+from hcd_core.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
+from hcd_core.data import DatasetInfo, build_data
+from hcd_core.errors import writing
+from hcd_core.export import (
+    CARD_NAME,
+    METRICS_NAME,
+    WEIGHTS_NAME,
+    MetricsLog,
+    build_model_card,
+    write_json,
+    write_student_weights,
+)
+from hcd_core.features import StudentNet, build_student
+from hcd_core.hashing import sha256_file, sha256_json
+from hcd_core.method_configs import StageConfig
+from hcd_core.methods import Method, build_method, count_parameters
+from hcd_core.spec import JobSpec, TeacherSpec, required
+from hcd_core.teacher import FrozenTeacher, Norm, build_teacher
+from hcd_core.training import (
+    LrSchedule,
+    ModelEma,
+    Precision,
+    StepRunner,
+    Trainer,
+    build_optimizer,
+    configure_backends,
+    resolve_device,
+    resolve_precision,
+    seed_everything,
+    trainable_parameters,
+)
+from hcd_core.types import MetricPoint, Progress, RunHooks, RunResult, RunStatus
+
+__all__ = ["MetricPoint", "Progress", "RunHooks", "RunResult", "run_job"]
 
 
-@dataclass(frozen=True)
-class MetricPoint:
-    name: str  # e.g. "loss", "ce", "kd", "sdd_ce", "sdd_kl", "ol", "lr", "images_per_s", "val_top1"
-    value: float
-    step: int  # global optimiser step (epoch metrics use the step at the end of the epoch)
-    epoch: int  # 0-based epoch the point belongs to
-    ts: float  # unix time
+def run_job(
+    spec: JobSpec,
+    *,
+    output_dir: Path,
+    checkpoint_dir: Path,
+    teacher_weights: Path | None = None,
+    teacher_card: dict[str, Any] | None = None,
+    hooks: RunHooks | None = None,
+    data_root: Path | None = None,
+) -> RunResult:
+    """Train `spec` to completion or to a stop request; export the student when it completes."""
+    spec = spec.resolved()
+    hooks = hooks or RunHooks()
+    output_dir, checkpoint_dir = Path(output_dir), Path(checkpoint_dir)
+    with writing("the output directory"):
+        output_dir.mkdir(parents=True, exist_ok=True)
+    with writing("the checkpoint directory"):
+        checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_path = checkpoint_dir / CHECKPOINT_NAME
+    spec_hash = sha256_json(spec.model_dump(mode="json"))
+    # Refuse a foreign checkpoint before spending time on building anything.
+    ckpt = load_checkpoint(ckpt_path, expected_spec_hash=spec_hash) if ckpt_path.is_file() else None
+
+    if hooks.on_phase:
+        hooks.on_phase("loading")
+    log = MetricsLog(output_dir / METRICS_NAME)
+
+    def emit(points: list[MetricPoint]) -> None:
+        log.append(points)
+        if hooks.on_metrics:
+            hooks.on_metrics(points)
+
+    def save(state: dict[str, Any]) -> None:
+        if hooks.before_checkpoint:
+            hooks.before_checkpoint()  # what was reported so far is durable before we resume past it
+        save_checkpoint(ckpt_path, {**state, "spec_hash": spec_hash}, before_replace=hooks.checkpoint_guard)
+
+    job = build(spec, teacher_weights=teacher_weights, teacher_card=teacher_card, data_root=data_root,
+                hooks=hooks, emit=emit, save=save)
+    status = train(job, ckpt, log)
+    s = job.trainer.state
+    result = RunResult(status=status, epoch=s.epoch, step=s.global_step,
+                       final_metrics=dict(s.final_metrics), best_metrics=dict(s.best_metrics))
+    if status == "completed":
+        if hooks.on_phase:
+            hooks.on_phase("exporting")
+        result.artifacts = export(job, output_dir)
+    return result
 
 
-@dataclass(frozen=True)
-class Progress:
-    epoch: int
-    epochs: int
-    step: int  # global step done
-    total_steps: int
-
-
+# --------------------------------------------------------------------------- build
 @dataclass
-class RunHooks:
-    on_metrics: Callable[[list[MetricPoint]], None] | None = None
-    should_stop: Callable[[], bool] | None = None
-    on_phase: Callable[[str], None] | None = None
-    on_progress: Callable[[Progress], None] | None = None
-    # Called before each checkpoint is written: a resumed run never re-reports the points before
-    # its checkpoint, so a caller that buffers them must persist them here (the worker does).
-    before_checkpoint: Callable[[], None] | None = None
-    stop_check_every: int = 10
+class BuiltJob:
+    """Everything a run trains and exports, assembled from a resolved spec."""
+
+    spec: JobSpec
+    info: DatasetInfo
+    device: torch.device
+    precision: Precision
+    student: StudentNet
+    method: Method
+    ema: ModelEma | None
+    teacher_sha256: str | None
+    trainer: Trainer
 
 
-@dataclass
-class RunResult:
-    status: Literal["completed", "stopped"]
-    epoch: int  # epochs completed
-    step: int
-    final_metrics: dict[str, float] = field(default_factory=dict)  # last evaluation
-    best_metrics: dict[str, float] = field(default_factory=dict)  # best val_top1 and its epoch
-    artifacts: dict[str, Path] = field(default_factory=dict)  # name -> path, when completed
+def build(
+    spec: JobSpec,
+    *,
+    teacher_weights: Path | None,
+    teacher_card: dict[str, Any] | None,
+    data_root: Path | None,
+    hooks: RunHooks,
+    emit: Callable[[list[MetricPoint]], None],
+    save: Callable[[dict[str, Any]], None],
+) -> BuiltJob:
+    """Data, teacher, student, method, optimiser and trainer for a resolved spec."""
+    t = spec.training
+    device = resolve_device(t.device)
+    configure_backends(device)
+    precision = resolve_precision(t.amp, t.channels_last, device)
+    seed_everything(spec.seed)
+
+    train_src, val_src, info = build_data(
+        spec.dataset, batch_size=required(t.batch_size, "batch_size"), augment=required(t.augment, "augment"),
+        num_workers=required(t.num_workers, "num_workers"), data_root=data_root,
+    )
+    teacher, teacher_sha = None, None
+    if spec.teacher is not None:
+        teacher, teacher_sha = _build_teacher(spec.teacher, info, teacher_weights, teacher_card)
+    num_stages = spec.method.num_stages if isinstance(spec.method, StageConfig) else 4
+    student = build_student(spec.student.arch, info.num_classes, info.image_size,
+                            num_stages=num_stages, pretrained=spec.student.pretrained)
+    method = build_method(spec.method, student, teacher, info.num_classes)
+    modules: list[nn.Module] = [student, method] + ([teacher] if teacher is not None else [])
+    for module in modules:
+        module.to(device)
+        if precision.channels_last:
+            module.to(memory_format=torch.channels_last)
+
+    params = trainable_parameters(student, method)
+    optimizer = build_optimizer(params, t, grad_scaling=precision.use_scaler)
+    ema = ModelEma(student.model, t.ema_decay) if t.ema_decay else None
+    runner = StepRunner(student=student, teacher=teacher, method=method, optimizer=optimizer,
+                        precision=precision, params=params, grad_clip=t.grad_clip,
+                        label_smoothing=t.label_smoothing or 0.0, ema=ema)
+    steps_per_epoch = train_src.num_batches()
+    if t.max_steps_per_epoch:
+        steps_per_epoch = min(steps_per_epoch, t.max_steps_per_epoch)
+
+    def eval_model() -> nn.Module:
+        """What is evaluated and exported: the EMA weights when EMA is on, else the student."""
+        return ema.module if ema is not None else student.model
+
+    trainer = Trainer(
+        runner=runner, schedule=LrSchedule(t, steps_per_epoch), train_batches=train_src, val_batches=val_src,
+        epochs=required(t.epochs, "epochs"), steps_per_epoch=steps_per_epoch, device=device, seed=spec.seed,
+        eval_model=eval_model, emit=emit, save=save, should_stop=hooks.should_stop,
+        stop_check_every=hooks.stop_check_every, on_phase=hooks.on_phase, on_progress=hooks.on_progress,
+    )
+    return BuiltJob(spec=spec, info=info, device=device, precision=precision, student=student, method=method,
+                    ema=ema, teacher_sha256=teacher_sha, trainer=trainer)
 
 
-# --------------------------------------------------------------------------- implementation
-def _teacher_setup(spec: JobSpec, info, teacher_weights: Path | None, teacher_card: dict | None):
-    """(weights path or None, pretrained flag, teacher image size or None, teacher norm or None)."""
-    t = spec.teacher
-    assert t is not None
+def _build_teacher(
+    t: TeacherSpec, info: DatasetInfo, teacher_weights: Path | None, teacher_card: dict[str, Any] | None
+) -> tuple[FrozenTeacher, str | None]:
+    """The frozen teacher and the sha256 of its weights file (None for timm's pretrained weights).
+
+    Its input size and normalisation come from, in order of precedence: the spec's teacher fields,
+    the teacher's model card, timm's pretrained config, the dataset's own.
+    """
     source = t.weights.source
     weights: Path | None = Path(teacher_weights) if teacher_weights is not None else None
     pretrained = False
-    size, norm = None, None
+    size: int | None = None
+    norm: Norm | None = None
     if source == "timm":
         import timm
 
@@ -86,7 +214,7 @@ def _teacher_setup(spec: JobSpec, info, teacher_weights: Path | None, teacher_ca
             norm = (tuple(cfg.mean), tuple(cfg.std))
             size = int(cfg.input_size[-1])
     else:
-        if weights is None and source == "file":
+        if weights is None and t.weights.source == "file":
             weights = Path(t.weights.path)
         if weights is None:
             raise ValueError(
@@ -111,165 +239,40 @@ def _teacher_setup(spec: JobSpec, info, teacher_weights: Path | None, teacher_ca
     if t.mean is not None or t.std is not None:
         base_mean, base_std = norm or (info.mean, info.std)
         norm = (tuple(t.mean or base_mean), tuple(t.std or base_std))
-    return weights, pretrained, size, norm
-
-
-def run_job(
-    spec: JobSpec,
-    *,
-    output_dir: Path,
-    checkpoint_dir: Path,
-    teacher_weights: Path | None = None,
-    teacher_card: dict | None = None,
-    hooks: RunHooks | None = None,
-    data_root: Path | None = None,
-) -> RunResult:
-    import timm  # noqa: F401  (import cost paid here, not at module import)
-    import torch
-
-    from hcd_core.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint, spec_hash
-    from hcd_core.data import build_data
-    from hcd_core.export import (CARD_NAME, CARD_VERSION, METRICS_NAME, WEIGHTS_NAME, MetricsLog,
-                                 runtime_versions, write_json, write_student_weights)
-    from hcd_core.features import build_student
-    from hcd_core.hashing import sha256_file
-    from hcd_core.methods import build_method, count_parameters
-    from hcd_core.teacher import build_teacher
-    from hcd_core.training import (LrSchedule, ModelEma, StepRunner, Trainer, build_optimizer,
-                                   configure_backends, resolve_device, resolve_precision, seed_everything,
-                                   trainable_parameters)
-
-    spec = spec.resolved()
-    hooks = hooks or RunHooks()
-    phase = hooks.on_phase or (lambda _: None)
-    output_dir, checkpoint_dir = Path(output_dir), Path(checkpoint_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    spec_doc = spec.model_dump(mode="json")
-    digest = spec_hash(spec_doc)
-    ckpt_path = checkpoint_dir / CHECKPOINT_NAME
-    # Refuse a foreign checkpoint before spending time on building anything.
-    ckpt = load_checkpoint(ckpt_path, expected_spec_hash=digest) if ckpt_path.is_file() else None
-
-    phase("loading")
-    t = spec.training
-    device = resolve_device(t.device)
-    configure_backends(device)
-    precision = resolve_precision(t.amp, t.channels_last, device)
-    seed_everything(spec.seed)
-
-    train_src, val_src, info = build_data(
-        spec.dataset, batch_size=t.batch_size, augment=t.augment, num_workers=t.num_workers, data_root=data_root
+    teacher = build_teacher(
+        t.arch, info.num_classes, input_size=info.image_size, input_norm=(info.mean, info.std),
+        teacher_size=size, teacher_norm=norm, weights_path=weights, pretrained=pretrained,
     )
-    teacher = None
-    teacher_sha = None
-    if spec.teacher is not None:
-        weights, pretrained, t_size, t_norm = _teacher_setup(spec, info, teacher_weights, teacher_card)
-        teacher = build_teacher(
-            spec.teacher.arch, info.num_classes, input_size=info.image_size, input_norm=(info.mean, info.std),
-            teacher_size=t_size, teacher_norm=t_norm, weights_path=weights, pretrained=pretrained,
-        )
-        teacher_sha = sha256_file(weights) if weights is not None else None
-    num_stages = getattr(spec.method, "num_stages", 4)
-    student = build_student(spec.student.arch, info.num_classes, info.image_size,
-                            num_stages=num_stages, pretrained=spec.student.pretrained)
-    method = build_method(spec.method, student, teacher, info.num_classes)
-    student.to(device)
-    method.to(device)
-    if teacher is not None:
-        teacher.to(device)
-    if precision.channels_last:
-        student.to(memory_format=torch.channels_last)
-        method.to(memory_format=torch.channels_last)
-        if teacher is not None:
-            teacher.to(memory_format=torch.channels_last)
+    return teacher, sha256_file(weights) if weights is not None else None
 
-    params = trainable_parameters(student, method)
-    optimizer = build_optimizer(params, t, grad_scaling=precision.use_scaler)
-    ema = ModelEma(student.model, t.ema_decay) if t.ema_decay else None
-    runner = StepRunner(student=student, teacher=teacher, method=method, optimizer=optimizer,
-                        precision=precision, params=params, grad_clip=t.grad_clip,
-                        label_smoothing=t.label_smoothing or 0.0, ema=ema)
-    steps_per_epoch = train_src.num_batches()
-    if t.max_steps_per_epoch:
-        steps_per_epoch = min(steps_per_epoch, t.max_steps_per_epoch)
-    schedule = LrSchedule(t, steps_per_epoch)
 
-    log = MetricsLog(output_dir / METRICS_NAME)
+# --------------------------------------------------------------------------- train
+def train(job: BuiltJob, ckpt: dict[str, Any] | None, log: MetricsLog) -> RunStatus:
+    """Resume from `ckpt` if given, then run the trainer to completion or a stop request.
 
-    def emit(points: list[MetricPoint]) -> None:
-        log.append(points)
-        if hooks.on_metrics:
-            hooks.on_metrics(points)
-
-    def save(state: dict) -> None:
-        if hooks.before_checkpoint:
-            hooks.before_checkpoint()  # what was reported so far is durable before we resume past it
-        save_checkpoint(ckpt_path, {**state, "spec_hash": digest})
-
-    def progress(epoch: int, epochs: int, step: int, total: int) -> None:
-        if hooks.on_progress:
-            hooks.on_progress(Progress(epoch=epoch, epochs=epochs, step=step, total_steps=total))
-
-    def eval_model():
-        return ema.module if ema is not None else student.model
-
-    trainer = Trainer(
-        runner=runner, schedule=schedule, train_batches=train_src, val_batches=val_src, epochs=t.epochs,
-        steps_per_epoch=steps_per_epoch, device=device, seed=spec.seed, eval_model=eval_model, emit=emit,
-        save=save, should_stop=hooks.should_stop, stop_check_every=hooks.stop_check_every,
-        on_phase=hooks.on_phase, on_progress=progress,
-    )
+    `ckpt` is emptied once loaded, so its tensors do not stay in memory through the run.
+    """
+    trainer = job.trainer
     if ckpt is not None:
         trainer.load_state_dict(ckpt)
-        del ckpt
+        ckpt.clear()
     # Points after the restart position are redone; a fresh run starts a fresh log.
     log.truncate_after(trainer.state.global_step if trainer.state.global_step else -1)
+    return trainer.run()
 
-    status = trainer.run()
-    s = trainer.state
-    if status == "stopped":
-        return RunResult(status="stopped", epoch=s.epoch, step=s.global_step,
-                         final_metrics=dict(s.final_metrics), best_metrics=dict(s.best_metrics))
 
-    phase("exporting")
+# --------------------------------------------------------------------------- export
+def export(job: BuiltJob, output_dir: Path) -> dict[str, Path]:
+    """Write the student's weights and model card next to the metrics log; name -> path."""
     weights_path = output_dir / WEIGHTS_NAME
-    student_sha = write_student_weights(eval_model(), weights_path)
-    card = {
-        "card_version": CARD_VERSION,
-        "arch": spec.student.arch,
-        "num_classes": info.num_classes,
-        "image_size": info.image_size,
-        "mean": list(info.mean),
-        "std": list(info.std),
-        "class_names": info.class_names,
-        "dataset": info.name,
-        "method": spec.method.name,
-        "final_metrics": dict(s.final_metrics),
-        "best_metrics": dict(s.best_metrics),
-        "ema_used": ema is not None,
-        "spec": spec_doc,
-        "seed": spec.seed,
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "precision": precision.describe(),
-        "channels_last": precision.channels_last,
-        "epochs": s.epoch,
-        "steps": s.global_step,
-        "steps_per_epoch": steps_per_epoch,
-        "effective_batch_size": t.batch_size,
-        "versions": runtime_versions(),
-        "teacher": None if spec.teacher is None else {
-            "arch": spec.teacher.arch, "source": spec.teacher.weights.source, "sha256": teacher_sha,
-        },
-        "teacher_sha256": teacher_sha,
-        "student_sha256": student_sha,
-        "extra_params_trained": count_parameters(method),
-        "weights_file": WEIGHTS_NAME,
-    }
-    card_path = output_dir / CARD_NAME
-    write_json(card_path, card)
-    return RunResult(
-        status="completed", epoch=s.epoch, step=s.global_step,
-        final_metrics=dict(s.final_metrics), best_metrics=dict(s.best_metrics),
-        artifacts={WEIGHTS_NAME: weights_path, CARD_NAME: card_path, METRICS_NAME: output_dir / METRICS_NAME},
+    student_sha = write_student_weights(job.trainer.eval_model(), weights_path)
+    s = job.trainer.state
+    card = build_model_card(
+        spec=job.spec, info=job.info, final_metrics=s.final_metrics, best_metrics=s.best_metrics,
+        ema_used=job.ema is not None, device=job.device, precision=job.precision, epochs=s.epoch,
+        steps=s.global_step, steps_per_epoch=job.trainer.steps_per_epoch, teacher_sha256=job.teacher_sha256,
+        student_sha256=student_sha, extra_params_trained=count_parameters(job.method),
     )
+    card_path = output_dir / CARD_NAME
+    write_json(card_path, card, what="the model card")
+    return {WEIGHTS_NAME: weights_path, CARD_NAME: card_path, METRICS_NAME: output_dir / METRICS_NAME}

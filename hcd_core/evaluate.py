@@ -7,6 +7,7 @@ exactly what evaluating the exported weights later gives on the same device.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -16,7 +17,7 @@ from hcd_core.data import BatchSource
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, batches: BatchSource, device: torch.device, *, channels_last: bool = False) -> dict[str, float]:
+def evaluate(model: nn.Module, batches: BatchSource, device: torch.device) -> dict[str, float]:
     """{"val_top1", "val_top5" (percent), "val_loss" (mean CE)} over the whole validation set.
 
     cuDNN runs deterministic algorithms here: with cudnn.benchmark another process may pick another
@@ -34,8 +35,6 @@ def evaluate(model: nn.Module, batches: BatchSource, device: torch.device, *, ch
             for x, y in batches.batches():
                 x = x.to(device, non_blocking=True)
                 y = y.to(device, non_blocking=True)
-                if channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last)
                 logits = model(x).float()
                 k = min(5, logits.shape[1])
                 top = logits.topk(k, dim=1).indices
@@ -74,7 +73,7 @@ def evaluate_exported(
 
     card = read_card(Path(weights), card_path)
     model = load_student(Path(weights), card_path)
-    ds: dict = {"name": dataset}
+    ds: dict[str, Any] = {"name": dataset}
     trained_on = ((card.get("spec") or {}).get("dataset")) or {}
     if trained_on.get("name") == dataset:
         ds.update({k: v for k, v in trained_on.items() if v is not None})

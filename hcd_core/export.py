@@ -3,25 +3,32 @@
     output_dir/student.safetensors   the timm model's state dict (contiguous CPU tensors)
     output_dir/model_card.json       what is needed to rebuild, normalise and trust it
     output_dir/metrics.jsonl         every metric point, one JSON object per line
+
+Every write raises `hcd_core.errors.OutputWriteError` when the file system refuses it.
 """
 
 from __future__ import annotations
 
 import json
 import platform
+from collections.abc import Iterable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 import torch.nn as nn
 
 from hcd_core.checkpoint import atomic_write_bytes
+from hcd_core.data import DatasetInfo
+from hcd_core.errors import writing
 from hcd_core.hashing import sha256_file
+from hcd_core.spec import JobSpec
+from hcd_core.training import Precision
+from hcd_core.types import CARD_NAME, METRICS_NAME, WEIGHTS_NAME, MetricPoint
 
-WEIGHTS_NAME = "student.safetensors"
-CARD_NAME = "model_card.json"
-METRICS_NAME = "metrics.jsonl"
+__all__ = ["CARD_NAME", "CARD_VERSION", "METRICS_NAME", "WEIGHTS_NAME", "MetricsLog", "build_model_card",
+           "device_name", "load_student", "read_card", "runtime_versions", "write_json", "write_student_weights"]
 CARD_VERSION = 1
 
 
@@ -32,19 +39,74 @@ def write_student_weights(model: nn.Module, path: Path) -> str:
     # Own copies: safetensors refuses tensors that share storage (tied weights, views).
     tensors = {k: v.detach().to("cpu").clone().contiguous() for k, v in model.state_dict().items()}
     data = save(tensors, metadata={"format": "pt"})
-    atomic_write_bytes(Path(path), lambda fh: fh.write(data))
+    atomic_write_bytes(Path(path), lambda fh: fh.write(data), what="the student weights")
     return sha256_file(path)
 
 
-def write_json(path: Path, doc: dict) -> None:
+def write_json(path: Path, doc: dict[str, Any], *, what: str = "a JSON file") -> None:
     text = json.dumps(doc, indent=2, sort_keys=False, default=str) + "\n"
-    atomic_write_bytes(Path(path), lambda fh: fh.write(text.encode()))
+    atomic_write_bytes(Path(path), lambda fh: fh.write(text.encode()), what=what)
 
 
 def runtime_versions() -> dict[str, str]:
     import timm
 
-    return {"torch": torch.__version__, "timm": timm.__version__, "python": platform.python_version()}
+    return {"torch": torch.__version__, "timm": str(timm.__version__), "python": platform.python_version()}
+
+
+def device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+
+
+def build_model_card(
+    *,
+    spec: JobSpec,
+    info: DatasetInfo,
+    final_metrics: dict[str, float],
+    best_metrics: dict[str, float],
+    ema_used: bool,
+    device: torch.device,
+    precision: Precision,
+    epochs: int,
+    steps: int,
+    steps_per_epoch: int,
+    teacher_sha256: str | None,
+    student_sha256: str,
+    extra_params_trained: int,
+) -> dict[str, Any]:
+    """The model card of a finished job's student (`spec` is the resolved spec it was trained with)."""
+    teacher = spec.teacher
+    return {
+        "card_version": CARD_VERSION,
+        "arch": spec.student.arch,
+        "num_classes": info.num_classes,
+        "image_size": info.image_size,
+        "mean": list(info.mean),
+        "std": list(info.std),
+        "class_names": info.class_names,
+        "dataset": info.name,
+        "method": spec.method.name,
+        "final_metrics": dict(final_metrics),
+        "best_metrics": dict(best_metrics),
+        "ema_used": ema_used,
+        "spec": spec.model_dump(mode="json"),
+        "seed": spec.seed,
+        "device": device_name(device),
+        "precision": precision.describe(),
+        "channels_last": precision.channels_last,
+        "epochs": epochs,
+        "steps": steps,
+        "steps_per_epoch": steps_per_epoch,
+        "effective_batch_size": spec.training.batch_size,
+        "versions": runtime_versions(),
+        "teacher": None if teacher is None else {
+            "arch": teacher.arch, "source": teacher.weights.source, "sha256": teacher_sha256,
+        },
+        "teacher_sha256": teacher_sha256,
+        "student_sha256": student_sha256,
+        "extra_params_trained": extra_params_trained,
+        "weights_file": WEIGHTS_NAME,
+    }
 
 
 def read_card(weights_path: Path, card_path: Path | None = None) -> dict[str, Any]:
@@ -52,6 +114,8 @@ def read_card(weights_path: Path, card_path: Path | None = None) -> dict[str, An
     if not card_path.is_file():
         raise FileNotFoundError(f"model card not found: {card_path} (it is written next to {WEIGHTS_NAME})")
     card = json.loads(card_path.read_text())
+    if not isinstance(card, dict):
+        raise ValueError(f"model card {card_path} is not a JSON object")
     for key in ("arch", "num_classes", "image_size", "mean", "std"):
         if key not in card:
             raise ValueError(f"model card {card_path} lacks {key!r}")
@@ -72,26 +136,31 @@ def load_student(weights_path: Path, card_path: Path | None = None) -> nn.Module
 class MetricsLog:
     """Appends metric points to metrics.jsonl as training goes (flushed per write)."""
 
+    WHAT = "the metrics log"
+
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with writing(self.WHAT):
+            self.path.parent.mkdir(parents=True, exist_ok=True)
 
     def truncate_after(self, step: int) -> None:
         """Drop points after `step` (they are redone when a run resumes from that step)."""
-        if not self.path.is_file():
-            return
+        with writing(self.WHAT):
+            if not self.path.is_file():
+                return
+            lines = self.path.read_text().splitlines()
         keep = []
-        for line in self.path.read_text().splitlines():
+        for line in lines:
             try:
                 if json.loads(line)["step"] <= step:
                     keep.append(line)
-            except (ValueError, KeyError):
+            except (ValueError, KeyError, TypeError):
                 continue  # a torn last line from a crash
         text = "".join(line + "\n" for line in keep)
-        atomic_write_bytes(self.path, lambda fh: fh.write(text.encode()))
+        atomic_write_bytes(self.path, lambda fh: fh.write(text.encode()), what=self.WHAT)
 
-    def append(self, points: Iterable) -> None:
-        lines = [json.dumps(asdict(p) if hasattr(p, "__dataclass_fields__") else p) for p in points]
+    def append(self, points: Iterable[MetricPoint]) -> None:
+        lines = [json.dumps(asdict(p)) for p in points]
         if lines:
-            with open(self.path, "a") as fh:
+            with writing(self.WHAT), open(self.path, "a") as fh:
                 fh.write("\n".join(lines) + "\n")

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from hcd_core.models import create_timm_model
+from hcd_core.models import create_timm_model, timm_api
 
 
 @dataclass
@@ -58,7 +58,7 @@ def feature_point_indices(model: nn.Module, num_stages: int) -> list[int]:
 class StudentNet(nn.Module):
     """A timm model (`self.model`, what gets exported) plus its feature-point bookkeeping."""
 
-    def __init__(self, model: nn.Module, image_size: int, num_stages: int = 4):
+    def __init__(self, model: nn.Module, image_size: int, num_stages: int = 4) -> None:
         super().__init__()
         self.model = model
         self.image_size = image_size
@@ -68,8 +68,9 @@ class StudentNet(nn.Module):
         if not with_features:
             # The plain model forward: no intermediate bookkeeping when nothing needs features.
             return StudentOutput(logits=self.model(x))
-        final, features = self.model.forward_intermediates(x, indices=self.shapes.indices, output_fmt="NCHW")
-        return StudentOutput(logits=self.model.forward_head(final), features=list(features))
+        model = timm_api(self.model)
+        final, features = model.forward_intermediates(x, indices=self.shapes.indices, output_fmt="NCHW")
+        return StudentOutput(logits=model.forward_head(final), features=list(features))
 
 
 @torch.no_grad()
@@ -80,8 +81,8 @@ def probe_feature_shapes(model: nn.Module, image_size: int, indices: list[int]) 
     dummy = torch.zeros(1, 3, image_size, image_size, device=param.device, dtype=param.dtype)
     model.eval()
     try:
-        final, features = model.forward_intermediates(dummy, indices=indices, output_fmt="NCHW")
-        pre_logits = model.forward_head(final, pre_logits=True)
+        final, features = timm_api(model).forward_intermediates(dummy, indices=indices, output_fmt="NCHW")
+        pre_logits = timm_api(model).forward_head(final, pre_logits=True)
     finally:
         model.train(was_training)
     if len(features) != len(indices):

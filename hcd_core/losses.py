@@ -8,7 +8,7 @@ Conventions shared by every function:
 * Teacher logits are a fixed target: every function that takes ``teacher_logits`` detaches them.
 * Half-precision inputs (AMP) are promoted to float32 so softmax/log run at full precision.
 
-No modules and no state: methods in ``hcd_core/methods.py`` hold the trainable parts and call these.
+No modules and no state: the methods in ``hcd_core/methods/`` hold the trainable parts and call these.
 """
 
 from __future__ import annotations
@@ -187,7 +187,8 @@ def _pearson(a: Tensor, b: Tensor, dim: int) -> Tensor:
     """Cosine of mean-centred vectors along `dim`, 1e-8 added to the denominator."""
     a = a - a.mean(dim=dim, keepdim=True)
     b = b - b.mean(dim=dim, keepdim=True)
-    return (a * b).sum(dim=dim) / (a.norm(dim=dim) * b.norm(dim=dim) + _PEARSON_EPS)
+    norms: Tensor = a.norm(dim=dim) * b.norm(dim=dim)
+    return (a * b).sum(dim=dim) / (norms + _PEARSON_EPS)
 
 
 def dist_terms(
@@ -257,7 +258,7 @@ def _check_sub_logits(name: str, z: Tensor, batch: int, classes: int) -> Tensor:
     return z
 
 
-def _fp32_matmuls(device: torch.device):
+def _fp32_matmuls(device: torch.device) -> contextlib.AbstractContextManager[object]:
     """Keep autocast from running the Gram matmul in half precision (and casting for it)."""
     if torch.is_autocast_enabled(device.type):
         return torch.autocast(device.type, enabled=False)
@@ -398,14 +399,18 @@ def _hcd_terms(
     kd = (log_p_t.exp() * (log_p_t - log_q_t)).sum() * (temp * temp / batch)
 
     num_stages = stages.shape[0] if isinstance(stages, Tensor) else len(stages)
-    switches = dict(temperature=temp, fusion=fusion, ol_threshold=ol_threshold, ol_input=ol_input,
-                    mask_target=mask_target, detach_fused=detach_fused,
-                    stage_weight=1.0 if stage_reduce == "sum" else 1.0 / num_stages)
+    stage_weight = 1.0 if stage_reduce == "sum" else 1.0 / num_stages
+
+    def terms_of(raw: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        return _stage_terms(raw, z_t, log_q_t, y, ce_weights, temperature=temp, fusion=fusion,
+                            ol_threshold=ol_threshold, ol_input=ol_input, mask_target=mask_target,
+                            detach_fused=detach_fused, stage_weight=stage_weight)
+
     if isinstance(stages, Tensor):
-        sdd_ce, sdd_kl, ol = _stage_terms(stages, z_t, log_q_t, y, ce_weights, **switches)
+        sdd_ce, sdd_kl, ol = terms_of(stages)
     else:
-        per_stage = [_stage_terms(z.unsqueeze(0), z_t, log_q_t, y, ce_weights, **switches) for z in stages]
-        sdd_ce, sdd_kl, ol = (torch.stack(values).sum() for values in zip(*per_stage))
+        per_stage = [terms_of(z.unsqueeze(0)) for z in stages]
+        sdd_ce, sdd_kl, ol = (torch.stack(values).sum() for values in zip(*per_stage, strict=True))
     return {"ce": ce, "kd": kd, "sdd_ce": sdd_ce, "sdd_kl": sdd_kl, "ol": ol}
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # torch/timm are imported lazily: hcd_core.spec (and the API) import this module
     import torch.nn as nn
@@ -25,10 +25,6 @@ ALLOWED_ARCHS: tuple[str, ...] = (
     "test_resnet", "test_efficientnet", "test_convnext", "test_vit",
 )
 
-# Used when a model's pretrained_cfg carries no normalisation (timm's own default).
-_IMAGENET_MEAN = (0.485, 0.456, 0.406)
-_IMAGENET_STD = (0.229, 0.224, 0.225)
-
 
 def check_arch(arch: str) -> None:
     """Raise ValueError unless `arch` is allow-listed (checked before timm sees the name)."""
@@ -46,19 +42,20 @@ def create_timm_model(arch: str, num_classes: int, image_size: int, *, pretraine
     check_arch(arch)
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-    kwargs: dict = {"pretrained": pretrained, "num_classes": num_classes}
+    kwargs: dict[str, Any] = {"pretrained": pretrained, "num_classes": num_classes}
+    model: nn.Module
     try:
-        return timm.create_model(arch, img_size=image_size, **kwargs)
+        model = timm.create_model(arch, img_size=image_size, **kwargs)
+        return model
     except TypeError as err:
         # CNNs take any input size and have no img_size argument.
         if "img_size" not in str(err):
             raise
-    return timm.create_model(arch, **kwargs)
+    model = timm.create_model(arch, **kwargs)
+    return model
 
 
-def timm_default_normalisation(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """(mean, std) the architecture's pretrained weights expect, from its pretrained_cfg."""
-    cfg = getattr(model, "pretrained_cfg", None) or {}
-    mean = tuple(float(v) for v in cfg.get("mean", _IMAGENET_MEAN))
-    std = tuple(float(v) for v in cfg.get("std", _IMAGENET_STD))
-    return mean, std
+def timm_api(model: nn.Module) -> Any:
+    """`model` for calling timm's own methods (forward_features, forward_head, forward_intermediates,
+    get_classifier, num_classes): timm models share them, nn.Module's type does not declare them."""
+    return model

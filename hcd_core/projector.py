@@ -6,7 +6,6 @@ deepest tapped stage's, a 1x1 conv to width D where no block is needed, then glo
 
 from __future__ import annotations
 
-
 import torch
 import torch.nn as nn
 
@@ -29,7 +28,7 @@ def count_downsampling_blocks(size: tuple[int, int], target: tuple[int, int]) ->
 class SepConvBlock(nn.Sequential):
     """Depthwise 3x3 stride-2 conv, pointwise 1x1 conv, BN, ReLU."""
 
-    def __init__(self, in_channels: int, out_channels: int):
+    def __init__(self, in_channels: int, out_channels: int) -> None:
         super().__init__(
             nn.Conv2d(in_channels, in_channels, 3, stride=2, padding=1, groups=in_channels, bias=False),
             nn.Conv2d(in_channels, out_channels, 1, bias=False),
@@ -45,7 +44,9 @@ class ConvProjector(nn.Module):
     the backbones themselves widen as they downsample: far cheaper than widening in the first block.
     """
 
-    def __init__(self, in_channels: int, in_size: tuple[int, int], target_size: tuple[int, int], out_dim: int):
+    def __init__(
+        self, in_channels: int, in_size: tuple[int, int], target_size: tuple[int, int], out_dim: int
+    ) -> None:
         super().__init__()
         num_blocks = count_downsampling_blocks(in_size, target_size)
         if num_blocks == 0:
@@ -67,10 +68,11 @@ class ConvProjector(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Global average pooling as a plain mean: AdaptiveAvgPool2d(1) on a channels_last map
         # restrides its output in place, and backward through that costs extra kernels.
-        return self.body(x).mean(dim=(2, 3))
+        out: torch.Tensor = self.body(x)
+        return out.mean(dim=(2, 3))
 
 
 def build_projectors(channels: list[int], sizes: list[tuple[int, int]], out_dim: int) -> nn.ModuleList:
     """One projector per tapped stage, all ending at the deepest stage's size (the last one)."""
     target = sizes[-1]
-    return nn.ModuleList(ConvProjector(c, s, target, out_dim) for c, s in zip(channels, sizes))
+    return nn.ModuleList(ConvProjector(c, s, target, out_dim) for c, s in zip(channels, sizes, strict=True))

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-RECIPES: dict[str, dict] = {
+from typing import Any
+
+RECIPES: dict[str, dict[str, Any]] = {
     # Section 5 of the method spec (the OFA-KD CIFAR-100 recipe). Use it with dataset.image_size 224.
     "paper-cifar": dict(
         epochs=300,

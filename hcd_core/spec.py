@@ -7,125 +7,58 @@ Training fields left out are filled from the named recipe by `JobSpec.resolved()
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Union
+from typing import Annotated, Any, Literal, TypeVar, Union
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
+from hcd_core.dataset_facts import FIXED_NUM_CLASSES, SYNTHETIC_NUM_CLASSES
+from hcd_core.method_configs import METHOD_NAMES, MethodConfig
 from hcd_core.models import ALLOWED_ARCHS
 from hcd_core.recipes import RECIPES
+from hcd_core.spec_base import SpecModel
 
+__all__ = [
+    "METHOD_NAMES", "DatasetSpec", "FileWeights", "JobSpec", "JobWeights", "MethodConfig", "ModelWeights",
+    "StudentSpec", "TeacherSpec", "TeacherWeights", "TimmPretrainedWeights", "TrainingSpec", "parse_spec", "required",
+]
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
+T = TypeVar("T")
 
 Arch = Literal[ALLOWED_ARCHS]  # type: ignore[valid-type]
-Weight = Annotated[float, Field(ge=0.0, le=100.0)]
-Temperature = Annotated[float, Field(gt=0.0, le=100.0)]
-
-
-# --------------------------------------------------------------------------- methods
-class CeMethod(_Strict):
-    """Supervised training, no teacher (trains teachers and baseline students)."""
-
-    name: Literal["ce"] = "ce"
-
-
-class KdMethod(_Strict):
-    name: Literal["kd"] = "kd"
-    temperature: Temperature = 4.0
-    w_ce: Weight = 1.0
-    w_kd: Weight = 1.0
-
-
-class DkdMethod(_Strict):
-    name: Literal["dkd"] = "dkd"
-    alpha: Weight = 1.0
-    beta: Weight = 8.0
-    temperature: Temperature = 4.0
-    w_ce: Weight = 1.0
-    warmup_epochs: Annotated[int, Field(ge=0, le=1000)] = 20
-
-
-class DistMethod(_Strict):
-    name: Literal["dist"] = "dist"
-    beta: Weight = 1.0
-    gamma: Weight = 1.0
-    temperature: Temperature = 1.0
-    w_ce: Weight = 1.0
-
-
-class _StageMethod(_Strict):
-    """Common switches of methods that tap student stages through convolutional projectors."""
-
-    num_stages: Annotated[int, Field(ge=1, le=4)] = 4  # K: the last `num_stages` feature points
-    proj_dim: Annotated[int, Field(ge=8, le=8192)] | None = None  # D; None = max(d_s, d_t)
-
-
-class OfaMethod(_StageMethod):
-    name: Literal["ofa"] = "ofa"
-    eps: Annotated[float, Field(gt=0.0, le=10.0)] = 1.0
-    temperature: Temperature = 1.0
-    w_ce: Weight = 1.0
-    w_kd: Weight = 1.0
-    w_ofa: Weight = 1.0
-
-
-class HcdMethod(_StageMethod):
-    """HCD; every (R) choice of the method spec is a switch with the spec's default."""
-
-    name: Literal["hcd"] = "hcd"
-    num_sub_logits: Annotated[int, Field(ge=1, le=64)] = 4  # n
-    temperature: Temperature = 1.0
-    cfm: Literal["linear", "mlp"] = "linear"
-    fusion: Literal["sum", "mean"] = "sum"
-    ol_threshold: Annotated[float, Field(ge=-1.0, le=1.0)] = 0.5
-    ol_input: Literal["fused", "raw"] = "fused"
-    mask_target: bool = True
-    detach_fused: bool = False
-    stage_reduce: Literal["sum", "mean"] = "sum"
-    w_ce: Weight = 1.0
-    w_kd: Weight = 1.0
-    w_sdd_ce: Weight = 1.0
-    w_sdd_kl: Weight = 1.0
-    w_ol: Weight = 1.0
-
-
-MethodSpec = Annotated[
-    Union[CeMethod, KdMethod, DkdMethod, DistMethod, OfaMethod, HcdMethod],
-    Field(discriminator="name"),
-]
-METHOD_NAMES = ("ce", "kd", "dkd", "dist", "ofa", "hcd")
+ImageSize = Annotated[int, Field(ge=16, le=1024)]
+Mean = Annotated[float, Field(ge=-10.0, le=10.0)]
+Std = Annotated[float, Field(gt=0.0, le=10.0)]
+Milestones = Annotated[tuple[Annotated[int, Field(ge=1, le=1000)], ...], Field(max_length=64)]
 
 
 # --------------------------------------------------------------------------- models
-class StudentSpec(_Strict):
+class StudentSpec(SpecModel):
     arch: Arch
     pretrained: bool = False  # timm pretrained init; needs internet on the host
 
 
-class FileWeights(_Strict):
+class FileWeights(SpecModel):
     """A safetensors file on the engine's host (the CLI's way; the service confines it)."""
 
     source: Literal["file"] = "file"
     path: Annotated[str, Field(min_length=1, max_length=1024)]
 
 
-class JobWeights(_Strict):
+class JobWeights(SpecModel):
     """The exported student of a finished job (service only)."""
 
     source: Literal["job"] = "job"
     job_id: Annotated[str, Field(min_length=1, max_length=64)]
 
 
-class ModelWeights(_Strict):
+class ModelWeights(SpecModel):
     """An uploaded teacher model (service only)."""
 
     source: Literal["model"] = "model"
     model_id: Annotated[str, Field(min_length=1, max_length=64)]
 
 
-class TimmPretrainedWeights(_Strict):
+class TimmPretrainedWeights(SpecModel):
     """timm's own pretrained weights (hosts with internet only)."""
 
     source: Literal["timm"] = "timm"
@@ -137,22 +70,22 @@ TeacherWeights = Annotated[
 ]
 
 
-class TeacherSpec(_Strict):
+class TeacherSpec(SpecModel):
     arch: Arch
     weights: TeacherWeights
     # Input the teacher was trained with; None = the student's (dataset image_size, dataset mean/std).
-    image_size: Annotated[int, Field(ge=16, le=1024)] | None = None
-    mean: tuple[float, float, float] | None = None
-    std: tuple[Annotated[float, Field(gt=0)], Annotated[float, Field(gt=0)], Annotated[float, Field(gt=0)]] | None = None
+    image_size: ImageSize | None = None
+    mean: tuple[Mean, Mean, Mean] | None = None
+    std: tuple[Std, Std, Std] | None = None
 
 
 # --------------------------------------------------------------------------- data
 DatasetName = Literal["cifar10", "cifar100", "imagefolder", "digits", "synthetic"]
 
 
-class DatasetSpec(_Strict):
+class DatasetSpec(SpecModel):
     name: DatasetName
-    image_size: Annotated[int, Field(ge=16, le=1024)] = 32
+    image_size: ImageSize = 32
     root: Annotated[str, Field(min_length=1, max_length=1024)] | None = None
     download: bool = False  # torchvision download for cifar; users' hosts only
     # synthetic only: a learnable random task of this shape
@@ -170,9 +103,15 @@ class DatasetSpec(_Strict):
             raise ValueError("dataset.download applies to cifar10/cifar100 only")
         return self
 
+    def known_num_classes(self) -> int | None:
+        """The number of classes, where it is known without reading the data (imagefolder: None)."""
+        if self.name == "synthetic":
+            return self.num_classes or SYNTHETIC_NUM_CLASSES
+        return FIXED_NUM_CLASSES.get(self.name)
+
 
 # --------------------------------------------------------------------------- training
-class TrainingSpec(_Strict):
+class TrainingSpec(SpecModel):
     """Every field but `recipe` may be left out: the recipe fills it."""
 
     recipe: Literal[tuple(RECIPES)] = "quick"  # type: ignore[valid-type]
@@ -185,7 +124,7 @@ class TrainingSpec(_Strict):
     nesterov: bool | None = None
     weight_decay: Annotated[float, Field(ge=0.0, le=1.0)] | None = None
     schedule: Literal["cosine", "step"] | None = None
-    step_milestones: tuple[Annotated[int, Field(ge=1, le=1000)], ...] | None = None  # epochs
+    step_milestones: Milestones | None = None  # epochs
     step_gamma: Annotated[float, Field(gt=0.0, le=1.0)] | None = None
     warmup_epochs: Annotated[int, Field(ge=0, le=1000)] | None = None
     label_smoothing: Annotated[float, Field(ge=0.0, lt=1.0)] | None = None
@@ -200,8 +139,8 @@ class TrainingSpec(_Strict):
 
 
 # --------------------------------------------------------------------------- job
-class JobSpec(_Strict):
-    method: MethodSpec
+class JobSpec(SpecModel):
+    method: MethodConfig
     student: StudentSpec
     teacher: TeacherSpec | None = None
     dataset: DatasetSpec
@@ -210,13 +149,14 @@ class JobSpec(_Strict):
 
     @model_validator(mode="after")
     def _check_teacher(self) -> "JobSpec":
-        if self.method.name == "ce" and self.teacher is not None:
-            raise ValueError("teacher must be absent for method 'ce'")
-        if self.method.name != "ce" and self.teacher is None:
+        if not self.method.needs_teacher and self.teacher is not None:
+            raise ValueError(f"teacher must be absent for method {self.method.name!r}")
+        if self.method.needs_teacher and self.teacher is None:
             raise ValueError(f"teacher is required for method {self.method.name!r}")
         t = self.training
-        if t.min_lr is not None and t.lr is not None and t.min_lr > t.lr:
-            raise ValueError("training.min_lr must not exceed training.lr")
+        filled = {**RECIPES[t.recipe], **t.model_dump(exclude_none=True)}
+        if filled["min_lr"] > filled["lr"]:
+            raise ValueError("training.min_lr must not exceed training.lr (the recipe's where left out)")
         if t.warmup_epochs is not None and t.epochs is not None and t.warmup_epochs > t.epochs:
             raise ValueError("training.warmup_epochs must not exceed training.epochs")
         return self
@@ -230,6 +170,13 @@ class JobSpec(_Strict):
         return self.model_copy(update={"training": TrainingSpec(**filled)})
 
 
-def parse_spec(data: dict) -> JobSpec:
+def parse_spec(data: dict[str, Any]) -> JobSpec:
     """Validate a spec document; raises pydantic.ValidationError naming the faulty field."""
     return JobSpec.model_validate(data)
+
+
+def required(value: T | None, name: str) -> T:
+    """A training field of a resolved spec (`JobSpec.resolved()` fills every field from the recipe)."""
+    if value is None:
+        raise ValueError(f"training.{name} is not set: use JobSpec.resolved()")
+    return value

@@ -10,7 +10,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from hcd_core.features import TeacherOutput
-from hcd_core.models import create_timm_model
+from hcd_core.models import create_timm_model, timm_api
 
 Norm = tuple[Sequence[float], Sequence[float]]  # (mean, std) per RGB channel
 
@@ -31,7 +31,7 @@ class FrozenTeacher(nn.Module):
         input_norm: Norm,
         teacher_size: int | None = None,
         teacher_norm: Norm | None = None,
-    ):
+    ) -> None:
         super().__init__()
         self.model = model
         self.model.requires_grad_(False)
@@ -41,9 +41,11 @@ class FrozenTeacher(nn.Module):
         mean_t, std_t = (torch.tensor(v, dtype=torch.float32) for v in (teacher_norm or input_norm))
         # x_t = (x * std_s + mean_s - mean_t) / std_t  ==  x * scale + shift, per channel.
         self.renormalise = not (torch.equal(mean_s, mean_t) and torch.equal(std_s, std_t))
+        self._scale: torch.Tensor
+        self._shift: torch.Tensor
         self.register_buffer("_scale", (std_s / std_t).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("_shift", ((mean_s - mean_t) / std_t).view(1, 3, 1, 1), persistent=False)
-        self.num_classes = int(model.num_classes)
+        self.num_classes = int(timm_api(model).num_classes)
         self.eval()
         # pre-logit width and whether get_classifier() alone maps pre-logits to the logits.
         self.pre_logit_dim, self._classifier_only = self._probe()
@@ -65,23 +67,25 @@ class FrozenTeacher(nn.Module):
     def forward(self, x: torch.Tensor) -> TeacherOutput:
         if self.model.training:  # someone called .train() on the inner model directly
             self.model.eval()
-        final = self.model.forward_features(self.adapt(x))
-        pre_logits = self.model.forward_head(final, pre_logits=True)
+        model = timm_api(self.model)
+        final = model.forward_features(self.adapt(x))
+        pre_logits = model.forward_head(final, pre_logits=True)
         if self._classifier_only:
-            logits = self.model.get_classifier()(pre_logits)
+            logits = model.get_classifier()(pre_logits)
         else:
-            logits = self.model.forward_head(final)
+            logits = model.forward_head(final)
         return TeacherOutput(logits=logits, pre_logits=pre_logits)
 
     @torch.no_grad()
     def _probe(self) -> tuple[int, bool]:
+        model = timm_api(self.model)
         param = next(self.model.parameters())
         dummy = torch.randn(2, 3, self.teacher_size, self.teacher_size,
                             generator=torch.Generator().manual_seed(0)).to(param.device, param.dtype)
-        final = self.model.forward_features(dummy)
-        pre_logits = self.model.forward_head(final, pre_logits=True)
-        logits = self.model.forward_head(final)
-        classifier = self.model.get_classifier()
+        final = model.forward_features(dummy)
+        pre_logits = model.forward_head(final, pre_logits=True)
+        logits = model.forward_head(final)
+        classifier = model.get_classifier()
         # Applying the classifier to the pre-logits saves a second pooling; only where it is exact.
         classifier_only = isinstance(classifier, nn.Module) and torch.allclose(
             classifier(pre_logits), logits, atol=1e-5, rtol=1e-4
@@ -110,7 +114,8 @@ def load_safetensors_weights(model: nn.Module, path: str | Path, *, arch: str, n
     )
     if missing or unexpected or mismatched:
         problems = []
-        for label, keys in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", mismatched)):
+        found = (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", mismatched))
+        for label, keys in found:
             if keys:
                 shown = ", ".join(keys[:8]) + (f", ... ({len(keys)} in all)" if len(keys) > 8 else "")
                 problems.append(f"{label}: {shown}")

@@ -12,15 +12,23 @@ import itertools
 import math
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn as nn
 from torch import Tensor
 
-from hcd_core.spec import TrainingSpec
+from hcd_core.checkpoint import capture_rng_state, restore_rng_state
+from hcd_core.data import BatchSource
+from hcd_core.evaluate import evaluate
+from hcd_core.features import StudentNet
+from hcd_core.methods import Method
+from hcd_core.spec import TrainingSpec, required
+from hcd_core.teacher import FrozenTeacher
+from hcd_core.types import MetricPoint, Progress, RunStatus
 
 
 # --------------------------------------------------------------------------- device, precision, seeds
@@ -41,7 +49,7 @@ class Precision:
     use_scaler: bool
     channels_last: bool
 
-    def autocast(self):
+    def autocast(self) -> torch.autocast:
         return torch.autocast(device_type=self.device_type, dtype=self.dtype or torch.float32,
                               enabled=self.dtype is not None)
 
@@ -56,7 +64,10 @@ def resolve_precision(amp: str | None, channels_last: bool | None, device: torch
     """amp "auto": bf16 on CUDA, fp32 on CPU. channels_last is honoured on CUDA only."""
     cuda = device.type == "cuda"
     amp = amp or "auto"
-    dtype = {"auto": torch.bfloat16 if cuda else None, "bf16": torch.bfloat16, "fp16": torch.float16, "off": None}[amp]
+    dtypes: dict[str, torch.dtype | None] = {
+        "auto": torch.bfloat16 if cuda else None, "bf16": torch.bfloat16, "fp16": torch.float16, "off": None,
+    }
+    dtype = dtypes[amp]
     return Precision(device.type, dtype, use_scaler=dtype is torch.float16, channels_last=bool(channels_last) and cuda)
 
 
@@ -74,13 +85,11 @@ def seed_everything(seed: int) -> None:
 
 
 # --------------------------------------------------------------------------- optimiser and schedule
-def trainable_parameters(*modules: nn.Module | None) -> list[nn.Parameter]:
+def trainable_parameters(*modules: nn.Module) -> list[nn.Parameter]:
     """Parameters that require grad, each once (a method may hold the student as a submodule)."""
     seen: set[int] = set()
     out: list[nn.Parameter] = []
     for m in modules:
-        if m is None:
-            continue
         for p in m.parameters():
             if p.requires_grad and id(p) not in seen:
                 seen.add(id(p))
@@ -101,16 +110,18 @@ def build_optimizer(
     on_cuda = bool(params) and all(p.is_cuda for p in params)
     decay = [p for p in params if p.ndim > 1]
     no_decay = [p for p in params if p.ndim <= 1]
-    groups = [
-        {"params": decay, "weight_decay": t.weight_decay},
+    groups: list[dict[str, Any]] = [
+        {"params": decay, "weight_decay": required(t.weight_decay, "weight_decay")},
         {"params": no_decay, "weight_decay": 0.0},
     ]
+    lr = required(t.lr, "lr")
     if t.optimizer == "sgd":
+        momentum = required(t.momentum, "momentum")
         fused = on_cuda and not grad_scaling
-        return torch.optim.SGD(groups, lr=t.lr, momentum=t.momentum, nesterov=bool(t.nesterov and t.momentum > 0),
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=bool(t.nesterov and momentum > 0),
                                fused=fused or None)
     if t.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=t.lr, fused=on_cuda or None)
+        return torch.optim.AdamW(groups, lr=lr, fused=on_cuda or None)
     raise ValueError(f"unknown optimizer {t.optimizer!r}")
 
 
@@ -122,11 +133,12 @@ class LrSchedule:
     """
 
     def __init__(self, t: TrainingSpec, steps_per_epoch: int) -> None:
-        self.base, self.min_lr = t.lr, t.min_lr or 0.0
+        epochs = required(t.epochs, "epochs")
+        self.base, self.min_lr = required(t.lr, "lr"), t.min_lr or 0.0
         self.kind = t.schedule
         self.steps_per_epoch = steps_per_epoch
-        self.total = max(1, t.epochs * steps_per_epoch)
-        self.warmup = min(t.warmup_epochs or 0, t.epochs) * steps_per_epoch
+        self.total = max(1, epochs * steps_per_epoch)
+        self.warmup = min(t.warmup_epochs or 0, epochs) * steps_per_epoch
         self.milestones = [m * steps_per_epoch for m in (t.step_milestones or ())]
         self.gamma = t.step_gamma if t.step_gamma is not None else 0.1
 
@@ -147,7 +159,7 @@ class LrSchedule:
             group["lr"] = lr
         return lr
 
-    def state_dict(self) -> dict:
+    def state_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "base": self.base, "min_lr": self.min_lr, "total": self.total,
                 "warmup": self.warmup, "milestones": list(self.milestones), "gamma": self.gamma}
 
@@ -174,10 +186,10 @@ class ModelEma:
                 target.copy_(value)  # integer buffers (num_batches_tracked)
         torch._foreach_lerp_(float_ema, float_cur, 1.0 - self.decay)
 
-    def state_dict(self) -> dict:
+    def state_dict(self) -> dict[str, Tensor]:
         return self.module.state_dict()
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
         self.module.load_state_dict(state)
 
 
@@ -191,46 +203,46 @@ class StepRunner:
     def __init__(
         self,
         *,
-        student: nn.Module,
-        teacher: nn.Module | None,
-        method: nn.Module,
+        student: StudentNet,
+        teacher: FrozenTeacher | None,
+        method: Method,
         optimizer: torch.optim.Optimizer,
         precision: Precision,
         params: list[nn.Parameter],
         grad_clip: float | None = None,
         label_smoothing: float = 0.0,
         ema: ModelEma | None = None,
-        scaler: torch.amp.GradScaler | None = None,
     ) -> None:
         self.student, self.teacher, self.method = student, teacher, method
         self.optimizer, self.precision, self.params = optimizer, precision, params
         self.grad_clip, self.label_smoothing, self.ema = grad_clip, label_smoothing, ema
-        self.scaler = scaler or torch.amp.GradScaler(precision.device_type, enabled=precision.use_scaler)
+        self.scaler = torch.amp.GradScaler(precision.device_type, enabled=precision.use_scaler)
 
     def __call__(self, x: Tensor, y: Tensor, epoch: float) -> dict[str, Tensor]:
         p = self.precision
         x = p.to_input(x)
         with p.autocast():
             t_out = self.teacher(x) if self.teacher is not None else None
-            s_out = self.student(x, with_features=bool(getattr(self.method, "needs_features", False)))
-            terms = self.method(s_out, t_out, y, epoch=epoch, label_smoothing=self.label_smoothing)
+            s_out = self.student(x, with_features=self.method.needs_features)
+            terms: dict[str, Tensor] = self.method(s_out, t_out, y, epoch=epoch, label_smoothing=self.label_smoothing)
         self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(terms["loss"]).backward()
+        loss: Tensor = self.scaler.scale(terms["loss"])
+        loss.backward()  # type: ignore[no-untyped-call]
         if self.grad_clip:
             self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         if self.ema is not None:
-            self.ema.update(self.student.model if hasattr(self.student, "model") else self.student)
+            self.ema.update(self.student.model)
         return {k: v.detach() for k, v in terms.items()}
 
 
 def stack_terms(terms: dict[str, Tensor]) -> dict[str, float]:
     """All terms to Python floats with one host sync."""
     names = list(terms)
-    values = torch.stack([terms[k].float().reshape(()) for k in names]).tolist()
-    return dict(zip(names, values))
+    values: list[float] = torch.stack([terms[k].float().reshape(()) for k in names]).tolist()
+    return dict(zip(names, values, strict=True))
 
 
 # --------------------------------------------------------------------------- the loop
@@ -251,8 +263,9 @@ class LoopState:
 class Trainer:
     """Runs epochs of `StepRunner` steps, evaluates the student after each, checkpoints, reports.
 
-    `emit(points)` receives lists of `hcd_core.engine.MetricPoint`; `should_stop()` is polled every
-    `stop_check_every` steps; `save(state)` writes a checkpoint (atomic, by the caller's code).
+    `emit(points)` receives lists of metric points; `should_stop()` is polled every
+    `stop_check_every` steps; `save(state)` writes a checkpoint (atomic, by the caller's code);
+    `on_progress` gets a `Progress` when training starts, after every step and when it completes.
     """
 
     def __init__(
@@ -260,19 +273,19 @@ class Trainer:
         *,
         runner: StepRunner,
         schedule: LrSchedule,
-        train_batches,
-        val_batches,
+        train_batches: BatchSource,
+        val_batches: BatchSource,
         epochs: int,
         steps_per_epoch: int,
         device: torch.device,
         seed: int,
         eval_model: Callable[[], nn.Module],
-        emit: Callable[[list], None],
-        save: Callable[[dict], None],
+        emit: Callable[[list[MetricPoint]], None],
+        save: Callable[[dict[str, Any]], None],
         should_stop: Callable[[], bool] | None = None,
         stop_check_every: int = 10,
         on_phase: Callable[[str], None] | None = None,
-        on_progress: Callable[[int, int, int, int], None] | None = None,
+        on_progress: Callable[[Progress], None] | None = None,
     ) -> None:
         self.runner, self.schedule = runner, schedule
         self.train_batches, self.val_batches = train_batches, val_batches
@@ -280,7 +293,7 @@ class Trainer:
         self.device, self.eval_model = device, eval_model
         self.emit, self.save = emit, save
         self.should_stop, self.stop_check_every = should_stop, max(1, stop_check_every)
-        self.on_phase, self.on_progress = on_phase or (lambda _: None), on_progress
+        self.on_phase, self.on_progress = on_phase, on_progress
         # Data order and augmentation: each epoch's seed is drawn from this generator (checkpointed).
         self.data_gen = torch.Generator().manual_seed(seed)
         self.state = LoopState()
@@ -290,9 +303,7 @@ class Trainer:
         return self.epochs * self.steps_per_epoch
 
     # ----------------------------------------------------------------- state
-    def state_dict(self) -> dict:
-        from hcd_core.checkpoint import capture_rng_state
-
+    def state_dict(self) -> dict[str, Any]:
         r = self.runner
         s = self.state
         return {
@@ -312,9 +323,7 @@ class Trainer:
             },
         }
 
-    def load_state_dict(self, ckpt: dict) -> None:
-        from hcd_core.checkpoint import restore_rng_state
-
+    def load_state_dict(self, ckpt: dict[str, Any]) -> None:
         r = self.runner
         r.student.load_state_dict(ckpt["student"])
         r.method.load_state_dict(ckpt["method"])
@@ -326,20 +335,27 @@ class Trainer:
                 raise ValueError("checkpoint has no EMA state but the spec enables EMA")
             r.ema.load_state_dict(ckpt["ema"])
         self.data_gen.set_state(ckpt["data_generator"])
-        loop = ckpt["loop"]
-        self.state = LoopState(**loop)
+        self.state = LoopState(**ckpt["loop"])
         restore_rng_state(ckpt["rng"])
 
     # ----------------------------------------------------------------- running
-    def _point(self, name: str, value: float, epoch: int):
-        from hcd_core.engine import MetricPoint
-
+    def _point(self, name: str, value: float, epoch: int) -> MetricPoint:
         return MetricPoint(name=name, value=float(value), step=self.state.global_step, epoch=epoch, ts=time.time())
 
-    def run(self) -> str:
+    def _phase(self, name: str) -> None:
+        if self.on_phase is not None:
+            self.on_phase(name)
+
+    def _progress(self, epoch: int) -> None:
+        if self.on_progress is not None:
+            self.on_progress(Progress(epoch=epoch, epochs=self.epochs, step=self.state.global_step,
+                                      total_steps=self.total_steps))
+
+    def run(self) -> RunStatus:
         """Train to the end ("completed") or until a stop request ("stopped")."""
         s = self.state
-        self.on_phase("training")
+        self._phase("training")
+        self._progress(s.epoch)
         last = time.perf_counter()
         while s.epoch < self.epochs:
             if s.step_in_epoch == 0 or s.epoch_seed is None:
@@ -361,8 +377,7 @@ class Trainer:
                 points = [self._point(k, v, s.epoch) for k, v in values.items()]
                 points += [self._point("lr", lr, s.epoch), self._point("images_per_s", images_per_s, s.epoch)]
                 self.emit(points)
-                if self.on_progress:
-                    self.on_progress(s.epoch, self.epochs, s.global_step, self.total_steps)
+                self._progress(s.epoch)
                 if (
                     self.should_stop is not None
                     and s.global_step % self.stop_check_every == 0
@@ -372,13 +387,12 @@ class Trainer:
                     return "stopped"
             self._end_epoch()
             last = time.perf_counter()  # evaluation time is not training throughput
+        self._progress(self.epochs)
         return "completed"
 
     def _end_epoch(self) -> None:
-        from hcd_core.evaluate import evaluate
-
         s = self.state
-        self.on_phase("evaluating")
+        self._phase("evaluating")
         # fp32, default memory format: exactly what evaluating the exported weights does.
         metrics = evaluate(self.eval_model(), self.val_batches, self.device)
         train_loss = s.epoch_loss_sum / max(1, s.epoch_loss_count)
@@ -395,4 +409,4 @@ class Trainer:
         self.emit(points)
         self.save(self.state_dict())
         if s.epoch < self.epochs:
-            self.on_phase("training")
+            self._phase("training")

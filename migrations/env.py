@@ -1,4 +1,4 @@
-"""Alembic environment: the database URL comes from api.migrate (programmatic) or HCD_DATABASE_URL."""
+"""Alembic environment: the database URL comes from jobs.migrate (programmatic) or HCD_DATABASE_URL."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import os
 from alembic import context
 from sqlalchemy import create_engine, pool, text
 
-from api.db import normalize_database_url
-from api.tables import Base
+from jobs.db import normalize_database_url
+from jobs.tables import Base
 
 config = context.config
 target_metadata = Base.metadata
@@ -20,7 +20,7 @@ _MIGRATION_LOCK_ID = 0x4843_4430  # "HCD0"
 def _database_url() -> str:
     url = config.attributes.get("database_url") or os.environ.get("HCD_DATABASE_URL")
     if not url:
-        raise RuntimeError("no database URL: set HCD_DATABASE_URL or pass one to api.migrate.upgrade")
+        raise RuntimeError("no database URL: set HCD_DATABASE_URL or pass one to jobs.migrate.upgrade")
     return normalize_database_url(url)
 
 

@@ -1,15 +1,17 @@
 """The Celery application: Redis only delivers job ids; Postgres holds the jobs (see worker/tasks.py).
 
-Imported by the API (through worker.publish), so it must never import torch.
+`CeleryQueue` is the job domain's `JobQueue` (jobs.outbox): the outbox relay sends through it.
 """
 
 from __future__ import annotations
 
-from functools import lru_cache
+import json
 
+import redis
 from celery import Celery
 
-from api.settings import Settings
+from jobs.settings import Settings
+from jobs.streams import redis_client
 
 TASK_NAME = "hcd.run_job"
 
@@ -54,14 +56,34 @@ def make_celery(settings: Settings) -> Celery:
     return app
 
 
-@lru_cache(maxsize=16)
-def _cached_app(redis_url: str, queue_name: str) -> Celery:
-    return make_celery(Settings(redis_url=redis_url, queue_name=queue_name, _env_file=None))
+# A few quick retries cover a pooled connection that went stale after a Redis restart.
+_RETRY_POLICY = {"max_retries": 2, "interval_start": 0.0, "interval_step": 0.2, "interval_max": 0.5}
+_QUEUE_SCAN_MAX = 10_000
 
 
-def publisher_app(settings: Settings) -> Celery:
-    """A shared app for publishing (one producer pool per broker/queue, reused across requests)."""
-    return _cached_app(_require_redis(settings), settings.queue_name)
+class CeleryQueue:
+    """Sends `hcd.run_job` messages (task id = job id) and reads what waits in the Redis queue."""
+
+    def __init__(self, settings: Settings, app: Celery | None = None):
+        self.settings = settings
+        self.app = app or make_celery(settings)
+
+    def send(self, job_id: str) -> None:
+        self.app.send_task(TASK_NAME, args=[job_id], task_id=job_id, queue=self.settings.queue_name,
+                           retry=True, retry_policy=_RETRY_POLICY)
+
+    def waiting(self) -> set[str] | None:
+        try:
+            raw = redis_client(self.settings).lrange(self.settings.queue_name, 0, _QUEUE_SCAN_MAX - 1)
+        except (redis.RedisError, OSError):
+            return None
+        ids = set()
+        for item in raw:  # type: ignore[union-attr]
+            try:
+                ids.add(json.loads(item)["headers"]["id"])
+            except (ValueError, KeyError, TypeError):
+                continue
+        return ids
 
 
 def make_worker_app(settings: Settings) -> Celery:

@@ -2,9 +2,12 @@
 
 Every few seconds one fenced UPDATE renews the lease and reads the cancel flag. If the fence fails
 (the sweep re-queued the job, another attempt claimed it, or it ended) the process exits at once,
-writing nothing more; it also exits when its lease lapsed locally (Postgres unreachable for a whole
-lease: the sweep may already have handed the job on) or when its parent worker died.
-Together these keep two attempts of a job from ever running at the same time.
+writing nothing more; it also exits when its parent worker died.
+
+While the database is unreachable the job keeps training and the keeper keeps trying; once the
+database answers, the lease is renewed (unless fencing shows another attempt took the job meanwhile:
+the housekeeping sweep gives a live attempt a whole lease period after an outage before declaring
+its lease lost). Only an outage longer than `max_db_outage_seconds` makes the attempt give up.
 """
 
 from __future__ import annotations
@@ -15,64 +18,66 @@ import sys
 import threading
 import time
 import uuid
-from typing import Callable
+from collections.abc import Callable
 
-from sqlalchemy import literal_column
+from jobs.repository import JobRepository
+from jobs.settings import Settings
+from jobs.status import JobStatus
 
-from api.db import session_scope
-from api.settings import Settings
-from worker.jobs_db import fenced_update
-
-_log = logging.getLogger(__name__)
+_log = logging.getLogger("hcd.worker.lease")
 
 EXIT_LEASE_LOST = 75  # the attempt lost its job; the parent must not touch the job row either
 _MAX_HEARTBEAT_INTERVAL = 2.0  # cancel is seen within this long, whatever the lease length
 _WAKE_INTERVAL = 0.25  # how often the parent's liveness is checked
 
 
-def lease_expiry_sql(settings: Settings):
-    """now() + lease, computed by Postgres (one clock for every worker and the sweep)."""
-    return literal_column(f"now() + make_interval(secs => {float(settings.lease_seconds)})")
-
-
 def heartbeat_interval(settings: Settings) -> float:
     return min(settings.lease_seconds / 3.0, _MAX_HEARTBEAT_INTERVAL)
 
 
-def _exit_now(reason: str) -> None:
+def exit_fenced(reason: str) -> None:
+    """Leave at once, writing nothing more (the job belongs to another attempt or has ended)."""
     print(f"hcd worker child: {reason}; exiting without further writes", file=sys.stderr, flush=True)
     os._exit(EXIT_LEASE_LOST)
 
 
 class LeaseKeeper(threading.Thread):
-    """Daemon thread: renews the lease, mirrors cancel_requested, kills the process when fenced out."""
+    """Daemon thread: renews the lease, mirrors the cancel flag, ends the process when fenced out."""
 
-    def __init__(self, settings: Settings, job_id: uuid.UUID | str, attempt: int,
-                 on_lost: Callable[[str], None] = _exit_now):
+    def __init__(self, settings: Settings, repo: JobRepository, job_id: uuid.UUID | str, attempt: int,
+                 on_lost: Callable[[str], None] = exit_fenced):
         super().__init__(name=f"lease-{job_id}", daemon=True)
-        self.settings, self.job_id, self.attempt = settings, str(job_id), attempt
+        self.settings, self.repo, self.job_id, self.attempt = settings, repo, str(job_id), attempt
         self.on_lost = on_lost
         self.cancel_requested = threading.Event()
         self.interval = heartbeat_interval(settings)
         self._halt = threading.Event()
         self._parent = os.getppid()
         self._last_ok = time.monotonic()
+        self._outage_since: float | None = None
 
     def renew(self) -> bool:
-        """One heartbeat. True when renewed; calls on_lost when fenced out. DB errors return False."""
+        """One heartbeat. True when renewed; calls on_lost when fenced out; False while the database is out."""
         try:
-            with session_scope(self.settings.database_url) as session:
-                row = fenced_update(session, self.job_id, self.attempt, {
-                    "lease_expires_at": lease_expiry_sql(self.settings),
-                })
-        except Exception as err:  # Postgres unreachable: try again; the local lease check decides
-            _log.warning("heartbeat of job %s failed: %s", self.job_id, err)
+            lease = self.repo.renew_lease(self.job_id, self.attempt, self.settings.lease_seconds)
+        except Exception as err:  # noqa: BLE001 - the database is unreachable: keep training, keep trying
+            if self._outage_since is None:
+                self._outage_since = time.monotonic()
+                _log.warning("job %s: the lease cannot be renewed (%s); training goes on", self.job_id, err)
             return False
-        if row is None:
+        if lease is None:
             self.on_lost("the job is no longer owned by this attempt")
             return False
         self._last_ok = time.monotonic()
-        if row["cancel_requested"] or row["status"] == "cancelling":
+        if self._outage_since is not None:
+            outage = round(self._last_ok - self._outage_since, 1)
+            self._outage_since = None
+            _log.warning("job %s: lease re-established after %.1f s without the database", self.job_id, outage)
+            try:
+                self.repo.add_event(self.job_id, self.attempt, "lease_restored", {"outage_seconds": outage})
+            except Exception:  # noqa: BLE001 - an event is not worth more than the job
+                pass
+        if lease.cancel_requested or lease.status == JobStatus.CANCELLING:
             self.cancel_requested.set()
         return True
 
@@ -83,8 +88,8 @@ class LeaseKeeper(threading.Thread):
                 self.on_lost("the worker process died")
                 return
             now = time.monotonic()
-            if now - self._last_ok > self.settings.lease_seconds * 0.9:
-                self.on_lost("the lease could not be renewed in time")
+            if now - self._last_ok > self.settings.max_db_outage_seconds:
+                self.on_lost(f"the database was unreachable for over {self.settings.max_db_outage_seconds:g} s")
                 return
             if now >= next_beat:
                 self.renew()

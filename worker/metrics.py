@@ -13,22 +13,20 @@ import logging
 import threading
 import time
 import uuid
-from datetime import datetime, timezone
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import redis
-from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-from api.db import session_scope
-from api.settings import Settings
-from api.tables import MetricPoint as MetricRow
-from worker.jobs_db import FenceLost, require_fenced_update
-from worker.streams import json_safe, redis_client, xadd
+from hcd_core.types import MetricPoint, Progress
+from jobs.errors import FenceLost
+from jobs.repository import JobRepository
+from jobs.settings import Settings
+from jobs.streams import xadd
 
-_log = logging.getLogger(__name__)
+_log = logging.getLogger("hcd.worker.metrics")
 
 PG_FLUSH_INTERVAL = 1.0  # seconds between Postgres batches while training
-PG_BATCH_MAX = 2000  # rows per INSERT
 _REDIS_BACKLOG_MAX = 2000  # stream entries kept while Redis is down (oldest dropped)
 _REDIS_RETRY_SECONDS = 1.0
 EPOCH_PREFIXES = ("val_", "best_")  # evaluation points: always streamed, never throttled
@@ -39,20 +37,21 @@ def is_epoch_point(name: str) -> bool:
 
 
 class MetricsSink:
-    """Collects MetricPoint-like objects (name, value, step, epoch, ts) and writes them out."""
+    """Collects the engine's MetricPoints and progress and writes them out."""
 
-    def __init__(self, settings: Settings, job_id: uuid.UUID | str, attempt: int,
+    def __init__(self, settings: Settings, repo: JobRepository, job_id: uuid.UUID | str, attempt: int,
                  on_fence_lost: Callable[[str], None] | None = None):
-        self.settings, self.job_id, self.attempt = settings, str(job_id), attempt
+        self.settings, self.repo, self.job_id, self.attempt = settings, repo, str(job_id), attempt
         self.on_fence_lost = on_fence_lost
         self._lock = threading.Condition()
         self._pg_write = threading.Lock()  # one Postgres batch at a time, in order
-        self._pg_pending: list = []
-        self._stream_queue: collections.deque = collections.deque(maxlen=_REDIS_BACKLOG_MAX)
-        self._held_step_entry: dict | None = None  # newest throttled per-step entry
+        self._pg_pending: list[MetricPoint] = []
+        self._stream_queue: collections.deque[tuple[str, dict[str, Any]]] = collections.deque(
+            maxlen=_REDIS_BACKLOG_MAX)
+        self._held_step_entry: dict[str, Any] | None = None  # newest throttled per-step entry
         self._last_stream_at = 0.0
         self._latest: dict[str, float] = {}
-        self._progress: dict | None = None
+        self._progress: dict[str, int] | None = None
         self._dirty_job = False
         self._closing = False
         self._redis_down_until = 0.0
@@ -60,11 +59,15 @@ class MetricsSink:
         self.stream_errors = 0
 
     # ------------------------------------------------------------------ training-thread side
-    def start(self) -> "MetricsSink":
+    def start(self) -> MetricsSink:
         self._thread.start()
         return self
 
-    def add(self, points: Iterable) -> None:
+    @property
+    def open(self) -> bool:
+        return not self._closing
+
+    def add(self, points: Iterable[MetricPoint]) -> None:
         points = list(points)
         if not points:
             return
@@ -88,7 +91,7 @@ class MetricsSink:
             if wake:
                 self._lock.notify()
 
-    def progress(self, progress) -> None:
+    def progress(self, progress: Progress) -> None:
         with self._lock:
             self._progress = {
                 "epoch": progress.epoch, "epochs": progress.epochs,
@@ -99,7 +102,7 @@ class MetricsSink:
     def status_entry(self, status: str, phase: str | None) -> None:
         """A "status" stream entry, ordered after the metrics already queued."""
         with self._lock:
-            self._stream_queue.append(("status", {"status": status, "phase": phase, "attempt": self.attempt}))
+            self._stream_queue.append(("status", {"status": str(status), "phase": phase, "attempt": self.attempt}))
             self._lock.notify()
 
     def close(self, timeout: float = 30.0) -> bool:
@@ -164,7 +167,7 @@ class MetricsSink:
             try:
                 # appended_at: when the entry enters the stream (ts is when training made the point;
                 # a throttled step point waits up to metrics_min_interval_seconds in between).
-                xadd(redis_client(self.settings), self.settings, self.job_id, type_, {**data, "appended_at": time.time()})
+                xadd(self.settings, self.job_id, type_, {**data, "appended_at": time.time()})
             except (redis.RedisError, OSError) as err:
                 self.stream_errors += 1
                 if self.stream_errors in (1, 10, 100) or self.stream_errors % 1000 == 0:
@@ -200,23 +203,13 @@ class MetricsSink:
             progress = dict(self._progress) if self._progress else None
         if not batch and not dirty:
             return True
-        values: dict = {"latest_metrics": json_safe(latest)}
-        if progress is not None:
-            values["progress"] = progress
         try:
-            with session_scope(self.settings.database_url) as session:
-                require_fenced_update(session, self.job_id, self.attempt, values)
-                rows = [_row(self.job_id, p) for p in batch]
-                for start in range(0, len(rows), PG_BATCH_MAX):
-                    session.execute(
-                        pg_insert(MetricRow).on_conflict_do_nothing(index_elements=["job_id", "name", "step"]),
-                        rows[start:start + PG_BATCH_MAX],
-                    )
+            self.repo.write_progress(self.job_id, self.attempt, points=batch, latest_metrics=latest, progress=progress)
         except FenceLost as err:
             if self.on_fence_lost is not None:
                 self.on_fence_lost(str(err))
             return False
-        except Exception as err:  # keep the points; the next flush retries them
+        except Exception as err:  # noqa: BLE001 - keep the points; the next flush retries them
             _log.warning("metric batch of job %s not written yet: %s", self.job_id, err)
             with self._lock:
                 self._pg_pending[:0] = batch
@@ -225,16 +218,9 @@ class MetricsSink:
         return True
 
 
-def _row(job_id: str, p) -> dict:
-    return {
-        "job_id": job_id, "name": p.name, "step": int(p.step), "value": float(p.value),
-        "epoch": int(p.epoch), "ts": datetime.fromtimestamp(float(p.ts), tz=timezone.utc),
-    }
-
-
-def _group_entries(points: list) -> list[dict]:
+def _group_entries(points: list[MetricPoint]) -> list[dict[str, Any]]:
     """One stream entry per (step, epoch): {"step", "epoch", "ts", "values": {name: value}}."""
-    entries: dict[tuple[int, int], dict] = {}
+    entries: dict[tuple[int, int], dict[str, Any]] = {}
     for p in points:
         entry = entries.setdefault((int(p.step), int(p.epoch)), {
             "step": int(p.step), "epoch": int(p.epoch), "ts": float(p.ts), "values": {},

@@ -1,44 +1,43 @@
 """One attempt of one job, in a fresh child process: `python -m worker.runner JOB_ID ATTEMPT`.
 
 The Celery parent claims the job and spawns this process, so CUDA is only ever initialised here
-and all GPU memory goes back to the driver when it exits. Every write is fenced by the attempt.
+and all GPU memory goes back to the driver when it exits. Every write is fenced by the attempt, and
+every state change goes through the repository.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import re
 import signal
 import sys
 import threading
 import time
 import uuid
-from dataclasses import dataclass
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
 
-from sqlalchemy import func, select
-
-from api.db import session_scope
-from api.settings import Settings, get_settings
-from api.tables import Job
-from worker.artifacts import describe_artifacts, insert_artifacts, job_checkpoint_dir, job_output_dir
-from worker.jobs_db import FenceLost, RUNNING_STATUSES, fenced_update, record_event, require_fenced_update
-from worker.lease import EXIT_LEASE_LOST, LeaseKeeper
+from hcd_core.spec import JobSpec
+from hcd_core.types import Progress, RunResult
+from jobs.db import database, database_unavailable
+from jobs.errors import FenceLost
+from jobs.repository import AttemptJob, JobRepository, Outcome
+from jobs.settings import Settings, get_settings
+from jobs.status import OWNED, JobPhase, JobStatus
+from jobs.storage import LocalStore, StoredFile
+from jobs.streams import StatusStream, Transition
+from jobs.teachers import TeacherError, resolve_teacher
+from worker.lease import LeaseKeeper, exit_fenced
 from worker.metrics import MetricsSink
-from worker.streams import best_effort_status
 
 _log = logging.getLogger("hcd.worker.runner")
-
-
-def _die_fenced(reason: str) -> None:
-    print(f"hcd worker child: {reason}; exiting without further writes", file=sys.stderr, flush=True)
-    os._exit(EXIT_LEASE_LOST)
-
-
-@dataclass
-class Outcome:
-    status: str  # succeeded | failed | cancelled | queued (handed back on worker shutdown)
-    error_code: str | None = None
-    error_message: str | None = None
+T = TypeVar("T")
+# Write failures that can only be the store's (a full or read-only disk), whatever raised them.
+_STORAGE_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EDQUOT}
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.~])/[^\s'\"`:,;()\[\]{}]+")
 
 
 class StopPolicy:
@@ -59,71 +58,59 @@ class StopPolicy:
         return self.reason is not None
 
 
-class JobWriter:
-    """Phase changes and the final transition of this attempt (fenced, with events + stream entries)."""
-
-    def __init__(self, settings: Settings, job_id: str, attempt: int, sink: MetricsSink):
-        self.settings, self.job_id, self.attempt, self.sink = settings, job_id, attempt, sink
-        self.phase_name: str | None = None
-
-    def phase(self, name: str) -> None:
-        if name == self.phase_name:
-            return
-        self.phase_name = name
+def retry_while_database_down(settings: Settings, func: Callable[[], T], what: str) -> T:
+    """func(), retried while the database is unavailable (up to max_db_outage_seconds)."""
+    deadline = time.monotonic() + settings.max_db_outage_seconds
+    delay = 0.5
+    while True:
         try:
-            with session_scope(self.settings.database_url) as session:
-                row = require_fenced_update(session, self.job_id, self.attempt, {"phase": name})
-                record_event(session, self.job_id, self.attempt, "phase", {"phase": name})
-        except FenceLost as err:
-            _die_fenced(str(err))
-        except Exception as err:  # a phase label is not worth failing a job for
-            _log.warning("phase %s of job %s not recorded: %s", name, self.job_id, err)
-            return
-        self.sink.status_entry(row["status"], name)
-
-    def event(self, type_: str, data: dict) -> None:
-        try:
-            with session_scope(self.settings.database_url) as session:
-                record_event(session, self.job_id, self.attempt, type_, data)
+            return func()
         except Exception as err:
-            _log.warning("event %s of job %s not recorded: %s", type_, self.job_id, err)
-
-    def finish(self, outcome: Outcome, result=None, artifact_rows: list[dict] | None = None) -> bool:
-        """The terminal (or handed-back) transition; False when this attempt no longer owns the job."""
-        values: dict = {"status": outcome.status, "lease_expires_at": None}
-        data: dict = {"status": outcome.status}
-        if outcome.status == "queued":  # handed back: the next claim resumes from the checkpoint
-            values.update(worker_id=None, phase=None)
-            data["reason"] = "worker_shutdown"
-        else:
-            values["finished_at"] = func.now()
-        if outcome.error_code:
-            values.update(error_code=outcome.error_code, error_message=outcome.error_message)
-            data.update(error_code=outcome.error_code, error_message=outcome.error_message)
-        if result is not None and outcome.status == "succeeded":
-            values["result"] = {
-                "final_metrics": _finite(result.final_metrics), "best_metrics": _finite(result.best_metrics),
-                "epochs": result.epoch, "steps": result.step,
-            }
-        with session_scope(self.settings.database_url) as session:
-            if fenced_update(session, self.job_id, self.attempt, values) is None:
-                session.rollback()
-                return False
-            if artifact_rows:
-                insert_artifacts(session, self.job_id, artifact_rows)
-            record_event(session, self.job_id, self.attempt, "requeued" if outcome.status == "queued" else "status", data)
-        terminal = outcome.status != "queued"
-        best_effort_status(self.settings, self.job_id, outcome.status, self.phase_name, self.attempt, terminal=terminal)
-        return True
+            if not database_unavailable(err) or time.monotonic() > deadline:
+                raise
+            _log.warning("%s: the database is unavailable (%s); retrying", what, err)
+            time.sleep(delay)
+            delay = min(delay * 2, settings.lease_seconds / 3)
 
 
-def _finite(metrics: dict) -> dict:
-    import math
+def public_message(message: str, settings: Settings) -> str:
+    """An error message fit for the job's owner: no server paths (dataset paths become relative)."""
+    for base in {str(settings.datasets_dir.resolve()), str(settings.datasets_dir)}:
+        message = message.replace(base.rstrip("/") + "/", "").replace(base, ".")
+    for base in {str(settings.data_dir.resolve()), str(settings.data_dir)}:
+        message = message.replace(base, "<data>")
+    return _ABSOLUTE_PATH.sub("<path>", message)[:4000]
 
-    return {k: (v if not isinstance(v, float) or math.isfinite(v) else None) for k, v in metrics.items()}
+
+def classify(err: BaseException, settings: Settings) -> tuple[str, str, bool]:
+    """(error code, message for the owner, whether it is the infrastructure's fault and worth a retry)."""
+    from hcd_core.checkpoint import CheckpointMismatch
+    from hcd_core.data import DatasetUnavailable
+    from hcd_core.errors import OutputWriteError
+
+    if isinstance(err, OutputWriteError) or (isinstance(err, OSError) and err.errno in _STORAGE_ERRNOS):
+        reason = err.strerror or type(err).__name__
+        return "storage_error", f"the artifact store could not be written ({reason})", True
+    message = public_message(f"{type(err).__name__}: {err}", settings)
+    try:
+        import torch
+
+        if isinstance(err, torch.cuda.OutOfMemoryError) or "CUDA out of memory" in str(err):
+            return "out_of_memory", message, False
+    except ImportError:
+        pass
+    if isinstance(err, MemoryError):
+        return "out_of_memory", message, False
+    if isinstance(err, TeacherError):
+        return "invalid_teacher", public_message(f"{err.loc}: {err.reason}", settings), False
+    if isinstance(err, DatasetUnavailable):
+        return "dataset_error", public_message(str(err), settings), False
+    if isinstance(err, CheckpointMismatch):
+        return "training_error", message, False
+    return "training_error", message, False
 
 
-def _apply_worker_device(spec, device_setting: str):
+def _apply_worker_device(spec: JobSpec, device_setting: str) -> JobSpec:
     """The worker's device setting (operator's choice) wins over the spec's `auto`."""
     setting = (device_setting or "auto").lower()
     if setting == "auto":
@@ -137,108 +124,150 @@ def _apply_worker_device(spec, device_setting: str):
     return spec.model_copy(update={"training": training})
 
 
-def _classify(err: BaseException) -> tuple[str, str]:
-    from hcd_core.checkpoint import CheckpointMismatch
-    from hcd_core.data import DatasetUnavailable
-    from worker.teacher_resolution import TeacherError
-
-    message = f"{type(err).__name__}: {err}"[:4000]
-    try:
-        import torch
-
-        if isinstance(err, torch.cuda.OutOfMemoryError) or "CUDA out of memory" in str(err):
-            return "out_of_memory", message
-    except ImportError:
-        pass
-    if isinstance(err, MemoryError):
-        return "out_of_memory", message
-    if isinstance(err, TeacherError):
-        return "invalid_teacher", message
-    if isinstance(err, DatasetUnavailable):
-        return "dataset_error", message
-    if isinstance(err, CheckpointMismatch):
-        return "training_error", message
-    return "training_error", message
+def _result_document(result: RunResult) -> dict[str, Any]:
+    return {"final_metrics": result.final_metrics, "best_metrics": result.best_metrics,
+            "epochs": result.epoch, "steps": result.step}
 
 
-def _load_job(settings: Settings, job_id: str) -> Job | None:
-    with session_scope(settings.database_url) as session:
-        return session.execute(select(Job).where(Job.id == uuid.UUID(job_id))).scalar_one_or_none()
+class Attempt:
+    """Runs one claimed attempt: the engine with its hooks, then the attempt's end."""
+
+    def __init__(self, settings: Settings, job: AttemptJob):
+        self.settings, self.job, self.job_id, self.attempt = settings, job, str(job.id), job.attempt
+        self.status_stream = StatusStream(settings)
+        self.repo = JobRepository(database(settings), notify=self._announce)
+        self.store = LocalStore(settings.data_dir)
+        self.lease = LeaseKeeper(settings, self.repo, self.job_id, self.attempt)
+        self.sink = MetricsSink(settings, self.repo, self.job_id, self.attempt, on_fence_lost=exit_fenced)
+        started = job.started_at.timestamp() if job.started_at else time.time()
+        self.stopper = StopPolicy(self.lease, deadline=started + job.runtime_limit_seconds)
+        self._phase: JobPhase | None = None
+
+    def _announce(self, change: Transition) -> None:
+        """Status entries go through the metric sink while it runs, so they stay in order with metrics."""
+        if self.sink.open and change.status in OWNED:
+            self.sink.status_entry(change.status, change.phase)
+        else:
+            self.status_stream(change)
+
+    # ------------------------------------------------------------------ engine hooks
+    def phase(self, name: str) -> None:
+        phase = JobPhase(name)
+        if phase == self._phase:
+            return
+        self._phase = phase
+        try:
+            self.repo.set_phase(self.job_id, self.attempt, phase)
+        except FenceLost as err:
+            exit_fenced(str(err))
+        except Exception as err:  # noqa: BLE001 - a phase label is not worth failing a job for
+            _log.warning("phase %s of job %s not recorded: %s", name, self.job_id, err)
+
+    def checkpoint_guard(self) -> None:
+        """Called between writing a checkpoint's temporary file and renaming it over the last one:
+        only the attempt that owns the job may replace its checkpoint (waits out a database outage)."""
+        owner = retry_while_database_down(self.settings, lambda: self.repo.is_owner(self.job_id, self.attempt),
+                                          "checkpoint fence")
+        if not owner:
+            raise FenceLost(f"job {self.job_id} is no longer owned by attempt {self.attempt}")
+
+    # ------------------------------------------------------------------ the run
+    def run(self) -> int:
+        if not self.lease.renew():
+            return 1  # Postgres unreachable right at the start: the parent hands the job back
+        self.lease.start()
+        self.sink.start()
+        signal.signal(signal.SIGTERM, lambda *_: self.stopper.shutdown.set())
+        signal.signal(signal.SIGINT, lambda *_: self.stopper.shutdown.set())
+        outcome: Outcome | None = None
+        hand_back: tuple[str, tuple[str, str] | None] | None = None  # (reason, error)
+        result: RunResult | None = None
+        files: list[StoredFile] = []
+        try:
+            result = self._train()
+            if result.status == "completed":
+                files = self.store.record(self.job_id, result.artifacts)
+                outcome = Outcome(JobStatus.SUCCEEDED)
+            elif self.stopper.reason == "cancel":
+                outcome = Outcome(JobStatus.CANCELLED)
+            elif self.stopper.reason == "runtime_limit":
+                outcome = Outcome(JobStatus.FAILED, "runtime_limit",
+                                  f"the job ran longer than its limit of {self.job.runtime_limit_seconds} s "
+                                  f"(checkpoint kept at epoch {result.epoch}, step {result.step})")
+            else:
+                hand_back = ("worker_shutdown", None)
+        except FenceLost as err:
+            exit_fenced(str(err))
+        except Exception as err:
+            code, message, infrastructure = classify(err, self.settings)
+            _log.exception("job %s attempt %s failed (%s)", self.job_id, self.attempt, code)
+            if infrastructure:
+                hand_back = (code, (code, message))
+            else:
+                outcome = Outcome(JobStatus.FAILED, code, message)
+
+        # Every metric reaches Postgres before the job is seen as finished.
+        self.sink.close(timeout=self.settings.max_db_outage_seconds)
+        self.lease.stop()
+        if outcome is not None and self.stopper.reason == "cancel" and outcome.status != JobStatus.SUCCEEDED:
+            outcome = Outcome(JobStatus.CANCELLED)
+        if hand_back is not None:
+            reason, error = hand_back
+            status = retry_while_database_down(
+                self.settings, lambda: self.repo.hand_back(self.job_id, self.attempt, reason=reason, error=error),
+                "handing the job back")
+            if status is None:
+                exit_fenced("the job was taken by another attempt before it was handed back")
+            return 0
+        assert outcome is not None
+        done = outcome
+        summary = _result_document(result) if result is not None and done.status == JobStatus.SUCCEEDED else None
+        finished = retry_while_database_down(
+            self.settings, lambda: self.repo.finish(self.job_id, self.attempt, done, files=files, result=summary),
+            "recording the job's end")
+        if not finished:
+            exit_fenced("the final transition was fenced out")
+        if done.status == JobStatus.SUCCEEDED and not self.settings.keep_checkpoints:
+            self.store.delete_checkpoints(self.job_id)
+        return 0
+
+    def _train(self) -> RunResult:
+        from hcd_core.checkpoint import CHECKPOINT_NAME
+        from hcd_core.engine import RunHooks, run_job
+
+        self.phase("loading")
+        spec = _apply_worker_device(JobSpec.model_validate(self.job.spec), self.settings.worker_device)
+        with self.repo.db.session() as session:
+            teacher = resolve_teacher(session, self.store, self.job.owner, spec, read_card=True)
+        checkpoint_dir = self.store.checkpoint_dir(self.job_id)
+        resuming = (checkpoint_dir / CHECKPOINT_NAME).is_file()
+        reported: list[Progress] = []
+
+        def on_progress(progress: Progress) -> None:
+            self.sink.progress(progress)
+            if not reported:
+                reported.append(progress)
+                if resuming:  # the engine restarted right after the checkpoint's position
+                    self.repo.add_event(self.job_id, self.attempt, "resumed",
+                                        {"epoch": progress.epoch, "step": progress.step})
+
+        hooks = RunHooks(on_metrics=self.sink.add, should_stop=self.stopper, on_phase=self.phase,
+                         on_progress=on_progress, stop_check_every=2,
+                         before_checkpoint=lambda: self.sink.persist(timeout=self.settings.lease_seconds),
+                         checkpoint_guard=self.checkpoint_guard)
+        return run_job(spec, output_dir=self.store.output_dir(self.job_id), checkpoint_dir=checkpoint_dir,
+                       teacher_weights=teacher.weights if teacher else None,
+                       teacher_card=teacher.card if teacher else None, hooks=hooks,
+                       data_root=Path(self.settings.datasets_dir))
 
 
 def run_attempt(settings: Settings, job_id: str, attempt: int) -> int:
-    job = _load_job(settings, job_id)
-    if job is None or job.attempt != attempt or job.status not in RUNNING_STATUSES:
+    repo = JobRepository(database(settings))
+    job = retry_while_database_down(settings, lambda: repo.load_attempt(uuid.UUID(job_id)), "loading the job")
+    if job is None or job.attempt != attempt or job.status not in OWNED:
         _log.info("job %s attempt %s is not ours to run (status %s)", job_id, attempt, job and job.status)
         return 0
-    lease = LeaseKeeper(settings, job_id, attempt, on_lost=_die_fenced)
-    if not lease.renew():
-        return 1  # Postgres unreachable right at the start: the sweep hands the job on
-    lease.start()
-    sink = MetricsSink(settings, job_id, attempt, on_fence_lost=_die_fenced).start()
-    writer = JobWriter(settings, job_id, attempt, sink)
-    started = job.started_at.timestamp() if job.started_at else time.time()
-    stopper = StopPolicy(lease, deadline=started + job.runtime_limit_seconds)
-    signal.signal(signal.SIGTERM, lambda *_: stopper.shutdown.set())
-    signal.signal(signal.SIGINT, lambda *_: stopper.shutdown.set())
-
-    result, outcome, artifact_rows = None, None, None
-    try:
-        from hcd_core.checkpoint import CHECKPOINT_NAME
-        from hcd_core.engine import RunHooks, run_job
-        from hcd_core.spec import JobSpec
-        from worker.teacher_resolution import resolve_teacher
-
-        writer.phase("loading")
-        spec = _apply_worker_device(JobSpec.model_validate(job.spec), settings.worker_device)
-        teacher_weights, teacher_card = resolve_teacher(settings, job.owner, spec)
-        checkpoint_dir = job_checkpoint_dir(settings, job_id)
-        resuming = (checkpoint_dir / CHECKPOINT_NAME).is_file()
-        first_progress: list = []
-
-        def on_progress(progress) -> None:
-            sink.progress(progress)
-            if not first_progress:
-                first_progress.append(progress)
-                if resuming:  # the engine restarted right after the checkpoint's position
-                    writer.event("resumed", {"epoch": progress.epoch, "step": progress.step - 1})
-
-        hooks = RunHooks(on_metrics=sink.add, should_stop=stopper, on_phase=writer.phase,
-                         on_progress=on_progress, stop_check_every=2,
-                         before_checkpoint=lambda: sink.persist(timeout=settings.lease_seconds))
-        result = run_job(spec, output_dir=job_output_dir(settings, job_id), checkpoint_dir=checkpoint_dir,
-                         teacher_weights=teacher_weights, teacher_card=teacher_card, hooks=hooks,
-                         data_root=settings.datasets_dir)
-        if result.status == "completed":
-            artifact_rows = describe_artifacts(settings, result.artifacts)
-            outcome = Outcome("succeeded")
-        elif stopper.reason == "cancel":
-            outcome = Outcome("cancelled")
-        elif stopper.reason == "runtime_limit":
-            outcome = Outcome("failed", "runtime_limit",
-                              f"the job ran longer than its limit of {job.runtime_limit_seconds} s "
-                              f"(checkpoint kept at epoch {result.epoch}, step {result.step})")
-        else:
-            outcome = Outcome("queued")
-    except FenceLost as err:
-        _die_fenced(str(err))
-    except Exception as err:
-        code, message = _classify(err)
-        _log.exception("job %s attempt %s failed (%s)", job_id, attempt, code)
-        outcome = Outcome("failed", code, message)
-
-    # Every metric reaches Postgres before the job is seen as finished.
-    sink.close()
-    lease.stop()
-    if outcome.status == "cancelled" or stopper.reason == "cancel":
-        outcome = Outcome("cancelled") if outcome.status != "succeeded" else outcome
-    if not writer.finish(outcome, result=result, artifact_rows=artifact_rows):
-        _die_fenced("the final transition was fenced out")
-    if outcome.status == "queued":
-        from worker.publish import publish_job
-
-        publish_job(settings, job_id)
-    return 0
+    return Attempt(settings, job).run()
 
 
 def main(argv: list[str] | None = None) -> int:

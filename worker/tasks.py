@@ -16,15 +16,13 @@ import time
 import uuid
 
 from celery import Celery
-from sqlalchemy import func, text, update
 
-from api.db import session_scope
-from api.settings import Settings
-from api.tables import Job
+from jobs.db import database, database_unavailable
+from jobs.repository import JobRepository
+from jobs.settings import Settings
+from jobs.streams import StatusStream
 from worker.celery_app import TASK_NAME
-from worker.jobs_db import fenced_update, record_event
-from worker.lease import EXIT_LEASE_LOST, lease_expiry_sql
-from worker.streams import best_effort_status
+from worker.lease import EXIT_LEASE_LOST
 
 _log = logging.getLogger("hcd.worker")
 _CHILD_SHUTDOWN_GRACE = 60.0  # seconds a child gets to checkpoint after a worker shutdown
@@ -34,32 +32,8 @@ def worker_identity() -> str:
     return os.environ.get("HCD_WORKER_ID") or f"{socket.gethostname()}:{os.getpid()}"
 
 
-def claim_job(settings: Settings, job_id: str, worker_id: str) -> int | None:
-    """Compare-and-set queued -> running; the new attempt number, or None (duplicate/cancelled)."""
-    with session_scope(settings.database_url) as session:
-        attempt = session.execute(
-            update(Job)
-            .where(Job.id == uuid.UUID(job_id), Job.status == "queued")
-            .values(status="running", attempt=Job.attempt + 1, worker_id=worker_id, phase=None,
-                    lease_expires_at=lease_expiry_sql(settings), cancel_requested=False,
-                    started_at=func.coalesce(Job.started_at, func.now()), updated_at=func.now())
-            .returning(Job.attempt)
-        ).scalar_one_or_none()
-        if attempt is None:
-            return None
-        record_event(session, job_id, attempt, "status", {"status": "running", "worker_id": worker_id})
-    best_effort_status(settings, job_id, "running", None, attempt)
-    return attempt
-
-
-def release_crashed_attempt(settings: Settings, job_id: str, attempt: int, returncode: int) -> bool:
-    """The child died without ending its attempt: expire the lease now so the sweep acts at once."""
-    with session_scope(settings.database_url) as session:
-        row = fenced_update(session, job_id, attempt, {"lease_expires_at": text("now()")})
-        if row is None:
-            return False
-        record_event(session, job_id, attempt, "attempt_crashed", {"exit_code": returncode})
-    return True
+def repository(settings: Settings) -> JobRepository:
+    return JobRepository(database(settings), notify=StatusStream(settings))
 
 
 def _shutdown_requested() -> bool:
@@ -68,7 +42,7 @@ def _shutdown_requested() -> bool:
     return bool(state.should_stop or state.should_terminate)
 
 
-def run_attempt_in_child(settings: Settings, job_id: str, attempt: int) -> int:
+def run_attempt_in_child(job_id: str, attempt: int) -> int:
     """Spawn `python -m worker.runner`, forward a worker shutdown to it, return its exit code."""
     env = dict(os.environ)
     env["HCD_WORKER_ID"] = worker_identity()
@@ -90,20 +64,32 @@ def run_attempt_in_child(settings: Settings, job_id: str, attempt: int) -> int:
 
 def execute_job(settings: Settings, job_id: str) -> str:
     try:
-        job_id = str(uuid.UUID(str(job_id)))
+        uid = uuid.UUID(str(job_id))
     except ValueError:
         _log.error("ignoring a message with a malformed job id %r", job_id)
         return "ignored"
+    repo = repository(settings)
     worker_id = worker_identity()
-    attempt = claim_job(settings, job_id, worker_id)
+    try:
+        attempt = repo.claim(uid, worker_id, settings.lease_seconds)
+    except Exception as err:
+        if not database_unavailable(err):
+            raise
+        # The message is spent; the job stays queued and the relay resends it once Postgres is back.
+        _log.warning("could not claim job %s (database unavailable: %s)", uid, err)
+        return "deferred"
     if attempt is None:
-        _log.info("job %s is not queued any more (duplicate or cancelled delivery)", job_id)
+        _log.info("job %s is not queued any more (duplicate or cancelled delivery)", uid)
         return "skipped"
-    _log.info("job %s attempt %d claimed by %s", job_id, attempt, worker_id)
-    code = run_attempt_in_child(settings, job_id, attempt)
+    _log.info("job %s attempt %d claimed by %s", uid, attempt, worker_id)
+    code = run_attempt_in_child(str(uid), attempt)
     if code not in (0, EXIT_LEASE_LOST):
-        _log.warning("job %s attempt %d: child exited with %d", job_id, attempt, code)
-        release_crashed_attempt(settings, job_id, attempt, code)
+        _log.warning("job %s attempt %d: child exited with %d", uid, attempt, code)
+        message = f"the job's process exited with code {code}"
+        try:
+            repo.hand_back(uid, attempt, reason="attempt_crashed", error=("worker_lost", message))
+        except Exception as err:  # noqa: BLE001 - the lease expires and the sweep hands the job on
+            _log.warning("job %s attempt %d not handed back: %s", uid, attempt, err)
     return "done"
 
 

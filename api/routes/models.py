@@ -1,4 +1,4 @@
-"""/models: upload a teacher as safetensors (checked against its architecture), list, get."""
+"""/models: upload a teacher as safetensors (checked against its architecture), list, get, delete."""
 
 from __future__ import annotations
 
@@ -6,27 +6,25 @@ import json
 import math
 import uuid
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse
-from sqlalchemy import select, tuple_
-from sqlalchemy.orm import Session
 
-from api import jobs_service
-from api.deps import get_session, require_owner
+from api.bodies import body_chunks
+from api.deps import in_db_thread, require_owner
+from api.json_body import json_response
 from api.pagination import DEFAULT_LIMIT, MAX_LIMIT, decode_cursor, encode_cursor
 from api.problems import ProblemError
 from api.schemas import ModelList, ModelOut
-from api.tables import UploadedModel
+from api.submission import parse_uuid
 from api.uploads import check_fits_model, invalid_upload, receive_upload
 from hcd_core.models import ALLOWED_ARCHS
+from jobs.tables import UploadedModel
 
 router = APIRouter(prefix="/models", tags=["models"])
 Owner = Annotated[str, Depends(require_owner)]
-DB = Annotated[Session, Depends(get_session)]
-_PROBLEM = {"content": {"application/problem+json": {}}}
+_PROBLEM: dict[str, Any] = {"content": {"application/problem+json": {}}}
 
 _UPLOAD_FORM = {
     "type": "object",
@@ -43,7 +41,7 @@ _UPLOAD_FORM = {
 }
 
 
-def model_to_dict(m: UploadedModel) -> dict:
+def model_to_dict(m: UploadedModel) -> dict[str, Any]:
     return {
         "id": m.id, "object": "model", "arch": m.arch, "num_classes": m.num_classes,
         "image_size": m.image_size, "mean": m.mean, "std": m.std, "filename": m.filename,
@@ -51,7 +49,7 @@ def model_to_dict(m: UploadedModel) -> dict:
     }
 
 
-def _int_field(fields: dict, name: str, low: int, high: int, required: bool) -> int | None:
+def _int_field(fields: dict[str, str], name: str, low: int, high: int, required: bool) -> int | None:
     raw = fields.get(name)
     if raw is None or raw == "":
         if required:
@@ -66,7 +64,7 @@ def _int_field(fields: dict, name: str, low: int, high: int, required: bool) -> 
     return value
 
 
-def _triple(fields: dict, name: str, positive: bool) -> list[float] | None:
+def _triple(fields: dict[str, str], name: str, positive: bool) -> list[float] | None:
     raw = fields.get(name)
     if not raw:
         return None
@@ -90,81 +88,79 @@ def _triple(fields: dict, name: str, positive: bool) -> list[float] | None:
     description="multipart/form-data with `file` (safetensors), `arch` (allow-listed), `num_classes`, "
                 "optional `image_size`, `mean`, `std`. Pickled files are rejected, nothing is unpickled.",
     openapi_extra={"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": _UPLOAD_FORM}}}},
-    responses={401: _PROBLEM, 413: _PROBLEM, 415: _PROBLEM, 422: _PROBLEM},
+    responses={401: _PROBLEM, 408: _PROBLEM, 413: _PROBLEM, 415: _PROBLEM, 422: _PROBLEM, 503: _PROBLEM},
 )
-async def upload_model(request: Request, owner: Owner):
-    settings = request.app.state.settings
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > settings.max_upload_bytes + 64 * 1024:
-        raise ProblemError(413, "payload_too_large", f"uploads are limited to {settings.max_upload_bytes} bytes")
-    uploads_dir = settings.uploads_dir
-    parsed = await receive_upload(request.headers.get("content-type", ""), request.stream(),
-                                  uploads_dir, settings.max_upload_bytes)
+async def upload_model(request: Request, owner: Owner) -> Response:
+    state = request.app.state
+    settings, store = state.settings, state.store
+    parsed = await receive_upload(request.headers.get("content-type", ""),
+                                  body_chunks(request, settings.body_idle_timeout_seconds),
+                                  store.upload_staging_dir(), settings.max_upload_bytes)
+    assert parsed.file_path is not None
     try:
         fields = parsed.fields
         arch = fields.get("arch", "")
         if arch not in ALLOWED_ARCHS:
-            raise invalid_upload(f"arch {arch[:100]!r} is not allowed; choose one of: {', '.join(ALLOWED_ARCHS)}", "arch")
+            allowed = ", ".join(ALLOWED_ARCHS)
+            raise invalid_upload(f"arch {arch[:100]!r} is not allowed; choose one of: {allowed}", "arch")
         num_classes = _int_field(fields, "num_classes", 1, 100_000, True)
+        assert num_classes is not None
         image_size = _int_field(fields, "image_size", 16, 1024, False)
         mean, std = _triple(fields, "mean", False), _triple(fields, "std", True)
         await run_in_threadpool(check_fits_model, parsed.file_path, arch, num_classes, image_size)
         model_id = uuid.uuid4()
-        final = uploads_dir / f"{model_id}.safetensors"
-        parsed.file_path.replace(final)
-
-        def insert() -> UploadedModel:
-            with request.app.state.sessionmaker() as session:
-                row = UploadedModel(
-                    id=model_id, owner=owner, arch=arch, num_classes=num_classes, image_size=image_size,
-                    mean=mean, std=std, filename=parsed.filename or "model.safetensors",
-                    path=final.name, size=parsed.size, sha256=parsed.sha256,
-                )
-                session.add(row)
-                session.commit()
-                session.refresh(row)
-                return row
-
+        key = store.store_upload(parsed.file_path, model_id)
+        row = UploadedModel(
+            id=model_id, owner=owner, arch=arch, num_classes=num_classes, image_size=image_size,
+            mean=mean, std=std, filename=parsed.filename or "model.safetensors",
+            path=key, size=parsed.size, sha256=parsed.sha256,
+        )
         try:
-            row = await run_in_threadpool(insert)
-        except Exception:
-            final.unlink(missing_ok=True)
+            row = await in_db_thread(request, state.repo.add_model, row)
+        except BaseException:
+            store.delete_upload(key)
             raise
     finally:
         parsed.file_path.unlink(missing_ok=True)
     body = ModelOut.model_validate(model_to_dict(row)).model_dump(mode="json")
-    return JSONResponse(body, status_code=201, headers={"Location": f"/models/{row.id}"})
+    return json_response(body, 201, {"Location": f"/models/{row.id}"})
 
 
-@router.get("", response_model=ModelList, summary="List your uploaded models, newest first")
-def list_models(
-    owner: Owner, session: DB,
+@router.get("", response_model=ModelList, summary="List your uploaded models, newest first",
+            responses={503: _PROBLEM})
+async def list_models(
+    request: Request, owner: Owner,
     after: Annotated[str | None, Query(max_length=512)] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
-):
-    query = select(UploadedModel).where(UploadedModel.owner == owner)
+) -> Response:
+    before = None
     if after:
         created_iso, model_id = decode_cursor(after, (str, str))
         try:
-            created, uid = datetime.fromisoformat(created_iso), uuid.UUID(model_id)
+            before = (datetime.fromisoformat(created_iso), uuid.UUID(model_id))
         except ValueError:
             raise ProblemError(422, "validation_error", "invalid cursor",
                                errors=[{"loc": "query.after", "msg": "not a cursor from this API"}]) from None
-        query = query.where(tuple_(UploadedModel.created_at, UploadedModel.id) < tuple_(created, uid))
-    rows = session.execute(
-        query.order_by(UploadedModel.created_at.desc(), UploadedModel.id.desc()).limit(limit + 1)
-    ).scalars().all()
+    rows = await in_db_thread(request, lambda: request.app.state.repo.list_models(owner, before=before,
+                                                                                 limit=limit + 1))
     page, has_more = rows[:limit], len(rows) > limit
     cursor = encode_cursor(page[-1].created_at.isoformat(), str(page[-1].id)) if has_more else None
-    return {"data": [model_to_dict(m) for m in page], "has_more": has_more, "next_cursor": cursor}
+    return json_response({"data": [model_to_dict(m) for m in page], "has_more": has_more, "next_cursor": cursor})
 
 
-@router.get("/{model_id}", response_model=ModelOut, summary="Get an uploaded model", responses={404: _PROBLEM})
-def get_model(model_id: str, owner: Owner, session: DB):
-    uid = jobs_service.parse_uuid(model_id, "model")
-    row = session.execute(
-        select(UploadedModel).where(UploadedModel.id == uid, UploadedModel.owner == owner)
-    ).scalar_one_or_none()
-    if row is None:
-        raise ProblemError(404, "not_found", "model not found")
-    return model_to_dict(row)
+@router.get("/{model_id}", response_model=ModelOut, summary="Get an uploaded model",
+            responses={404: _PROBLEM, 503: _PROBLEM})
+async def get_model(model_id: str, request: Request, owner: Owner) -> Response:
+    uid = parse_uuid(model_id, "model")
+    return json_response(model_to_dict(await in_db_thread(request, request.app.state.repo.get_model, owner, uid)))
+
+
+@router.delete("/{model_id}", status_code=204, summary="Delete an uploaded model and its file",
+               description="Refused (409 `teacher_in_use`) while a queued or running job uses it as its teacher.",
+               responses={404: _PROBLEM, 409: _PROBLEM, 503: _PROBLEM})
+async def delete_model(model_id: str, request: Request, owner: Owner) -> Response:
+    uid = parse_uuid(model_id, "model")
+    state = request.app.state
+    key = await in_db_thread(request, state.repo.delete_model, owner, uid)
+    state.store.delete_upload(key)
+    return Response(status_code=204)

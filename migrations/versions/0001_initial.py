@@ -1,6 +1,6 @@
 """Initial schema: api keys, jobs, job events, metric points, artifacts, uploaded models.
 
-Written out explicitly; it must match api/tables.py (tests/service/test_api_migrations.py checks it).
+Written out explicitly; it must match jobs/tables.py (tests/service/test_api_migrations.py checks it).
 
 Revision ID: 0001_initial
 Revises:

@@ -77,8 +77,8 @@ def test_service_only_teacher_source_rejected(tmp_path, capsys):
 
 def test_missing_teacher_file_and_unreadable_spec(tmp_path, capsys):
     spec = tmp_path / "s.json"
-    spec.write_text(json.dumps({"method": {"name": "kd"}, "student": {"arch": "test_resnet"},
-                                "teacher": {"arch": "test_vit", "weights": {"source": "file", "path": "nope.safetensors"}},
+    teacher = {"arch": "test_vit", "weights": {"source": "file", "path": "nope.safetensors"}}
+    spec.write_text(json.dumps({"method": {"name": "kd"}, "student": {"arch": "test_resnet"}, "teacher": teacher,
                                 "dataset": DATASET}))
     assert main(["train", str(spec), "--output", str(tmp_path / "o")]) == 2
     assert "teacher.weights.path" in capsys.readouterr().err

@@ -7,8 +7,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from hcd_core.data import (DIGITS_NORM, DatasetUnavailable, augment_tensor, build_data, digits_arrays,
-                           resolve_root, synthetic_arrays)
+from hcd_core.data import (
+    DIGITS_NORM,
+    DatasetUnavailable,
+    augment_tensor,
+    build_data,
+    digits_arrays,
+    resolve_root,
+    synthetic_arrays,
+)
 from hcd_core.spec import DatasetSpec
 
 
@@ -16,7 +23,7 @@ def test_digits_split_is_fixed_and_sized():
     a = digits_arrays()
     b = digits_arrays()
     assert len(a[1]) == 1437 and len(a[3]) == 360
-    for x, y in zip(a, b):
+    for x, y in zip(a, b, strict=True):
         assert torch.equal(x, y)
     # train and test are disjoint images of the 1797 and every class is in both
     assert set(a[1].tolist()) == set(range(10)) == set(a[3].tolist())
@@ -46,7 +53,7 @@ def test_digits_batches_are_upscaled_three_channel_and_normalised():
 def test_synthetic_is_deterministic_and_sized():
     a = synthetic_arrays(5, 40, 20, 16)
     b = synthetic_arrays(5, 40, 20, 16)
-    for x, y in zip(a, b):
+    for x, y in zip(a, b, strict=True):
         assert torch.equal(x, y)
     assert a[0].shape == (40, 3, 16, 16) and a[2].shape == (20, 3, 16, 16)
     assert set(a[1].tolist()) == set(range(5))
@@ -68,12 +75,12 @@ def test_training_order_and_augmentation_depend_only_on_epoch_seed():
     first = list(train.batches(epoch_seed=7))
     again = list(train.batches(epoch_seed=7))
     other = list(train.batches(epoch_seed=8))
-    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(first, again))
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(first, again, strict=True))
     assert not torch.equal(first[0][0], other[0][0])
     # resuming at batch 3 yields exactly batches 3.. of the epoch
     resumed = list(train.batches(epoch_seed=7, start=3))
     assert len(resumed) == len(first) - 3
-    assert all(torch.equal(a[0], b[0]) for a, b in zip(first[3:], resumed))
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(first[3:], resumed, strict=True))
 
 
 def test_validation_batches_are_not_augmented():

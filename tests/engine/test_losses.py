@@ -37,20 +37,20 @@ def py_softmax(row, temperature=1.0):
 
 
 def py_kl(p, q):
-    return sum(pi * math.log(pi / qi) for pi, qi in zip(p, q) if pi > 0)
+    return sum(pi * math.log(pi / qi) for pi, qi in zip(p, q, strict=True) if pi > 0)
 
 
 def py_kl_t(target_rows, input_rows, temperature):
     per_row = [
         py_kl(py_softmax(a, temperature), py_softmax(b, temperature))
-        for a, b in zip(target_rows, input_rows)
+        for a, b in zip(target_rows, input_rows, strict=True)
     ]
     return temperature**2 * sum(per_row) / len(per_row)
 
 
 def py_ce(rows, labels, smoothing=0.0):
     losses = []
-    for row, y in zip(rows, labels):
+    for row, y in zip(rows, labels, strict=True):
         log_q = [math.log(v) for v in py_softmax(row)]
         classes = len(row)
         losses.append(-(1 - smoothing) * log_q[y] - smoothing * sum(log_q) / classes)
@@ -60,7 +60,7 @@ def py_ce(rows, labels, smoothing=0.0):
 def py_pearson(a, b):
     ma, mb = sum(a) / len(a), sum(b) / len(b)
     ca, cb = [v - ma for v in a], [v - mb for v in b]
-    num = sum(x * y for x, y in zip(ca, cb))
+    num = sum(x * y for x, y in zip(ca, cb, strict=True))
     den = math.sqrt(sum(x * x for x in ca)) * math.sqrt(sum(y * y for y in cb)) + 1e-8
     return num / den
 
@@ -68,7 +68,7 @@ def py_pearson(a, b):
 def py_ol(sub_logits, labels, theta, mask_target):
     """sub_logits: [sample][i][class] lists."""
     values = []
-    for subs, y in zip(sub_logits, labels):
+    for subs, y in zip(sub_logits, labels, strict=True):
         vecs = []
         for v in subs:
             v = [0.0 if (mask_target and c == y) else x for c, x in enumerate(v)]
@@ -78,7 +78,7 @@ def py_ol(sub_logits, labels, theta, mask_target):
         for i in range(n):
             for j in range(n):
                 if i != j:
-                    cos = sum(x * y_ for x, y_ in zip(vecs[i], vecs[j]))
+                    cos = sum(x * y_ for x, y_ in zip(vecs[i], vecs[j], strict=True))
                     values.append(max(cos - theta, 0.0) ** 2)
     return sum(values) / len(values) if values else 0.0
 
@@ -157,7 +157,7 @@ def test_half_precision_inputs_are_computed_in_float32():
 # --------------------------------------------------------------------------- DKD
 def py_dkd(student, teacher, target, temperature):
     tckd, nckd = [], []
-    for s, t, y in zip(student, teacher, target):
+    for s, t, y in zip(student, teacher, target, strict=True):
         ps, pt = py_softmax(s, temperature), py_softmax(t, temperature)
         tckd.append(py_kl([pt[y], 1 - pt[y]], [ps[y], 1 - ps[y]]))
         s_nt = [v for c, v in enumerate(s) if c != y]
@@ -220,7 +220,7 @@ def test_dkd_teacher_gets_no_gradient():
 def py_dist(student, teacher, temperature):
     ps = [py_softmax(r, temperature) for r in student]
     pt = [py_softmax(r, temperature) for r in teacher]
-    inter = 1 - sum(py_pearson(a, b) for a, b in zip(ps, pt)) / len(ps)
+    inter = 1 - sum(py_pearson(a, b) for a, b in zip(ps, pt, strict=True)) / len(ps)
     classes = len(ps[0])
     cols = [py_pearson([r[c] for r in ps], [r[c] for r in pt]) for c in range(classes)]
     intra = 1 - sum(cols) / classes
@@ -268,10 +268,10 @@ def test_dist_teacher_gets_no_gradient():
 # --------------------------------------------------------------------------- OFA
 def py_ofa(student, teacher, target, eps, temperature):
     losses = []
-    for s, t, y in zip(student, teacher, target):
+    for s, t, y in zip(student, teacher, target, strict=True):
         pt, ps = py_softmax(t, temperature), py_softmax(s, temperature)
         weights = [(p + (1.0 if c == y else 0.0)) ** eps - (1.0 if c == y else 0.0) for c, p in enumerate(pt)]
-        losses.append(-sum(w * math.log(q) for w, q in zip(weights, ps)))
+        losses.append(-sum(w * math.log(q) for w, q in zip(weights, ps, strict=True)))
     return sum(losses) / len(losses)
 
 
@@ -362,7 +362,8 @@ def py_hcd(student, teacher, stages, target, *, temperature=1.0, fusion="sum", o
     sdd_ce, sdd_kl, ol = [], [], []
     for raw in stages:  # raw: [sample][i][class]
         fused = [
-            [[(a + b) / (2 if fusion == "mean" else 1) for a, b in zip(sub, teacher[s])] for sub in raw[s]]
+            [[(a + b) / (2 if fusion == "mean" else 1) for a, b in zip(sub, teacher[s], strict=True)]
+             for sub in raw[s]]
             for s in range(len(raw))
         ]
         n = len(raw[0])

@@ -7,8 +7,17 @@ import torch
 
 from hcd_core import losses
 from hcd_core.features import build_student
-from hcd_core.methods import StackedLinear, build_method, count_parameters
-from hcd_core.spec import CeMethod, DistMethod, DkdMethod, HcdMethod, KdMethod, OfaMethod
+from hcd_core.method_configs import (
+    METHOD_CONFIGS,
+    METHOD_NAMES,
+    CeConfig,
+    DistConfig,
+    DkdConfig,
+    HcdConfig,
+    KdConfig,
+    OfaConfig,
+)
+from hcd_core.methods import METHODS, StackedLinear, build_method, count_parameters
 from hcd_core.teacher import build_teacher
 
 torch.set_num_threads(1)
@@ -49,8 +58,18 @@ def tiny_pair():
     return _pair("test_vit", "test_resnet")
 
 
+# --------------------------------------------------------------------------- registry
+def test_every_config_has_one_implementation_and_vice_versa():
+    assert set(METHODS) == set(METHOD_CONFIGS.values())
+    for name, config_class in METHOD_CONFIGS.items():
+        method_class = METHODS[config_class]
+        assert method_class.name == name and method_class.config_class is config_class
+        assert method_class.needs_teacher == config_class.needs_teacher
+    assert METHOD_NAMES == tuple(METHOD_CONFIGS) == ("ce", "kd", "dkd", "dist", "ofa", "hcd")
+
+
 # --------------------------------------------------------------------------- every method
-@pytest.mark.parametrize("spec", [CeMethod(), KdMethod(), DkdMethod(), DistMethod(), OfaMethod(), HcdMethod()],
+@pytest.mark.parametrize("spec", [CeConfig(), KdConfig(), DkdConfig(), DistConfig(), OfaConfig(), HcdConfig()],
                          ids=lambda s: s.name)
 def test_every_method_forward_backward(tiny_pair, spec):
     teacher, student = tiny_pair
@@ -74,9 +93,9 @@ def test_every_method_forward_backward(tiny_pair, spec):
 def test_simple_methods_weight_their_terms(tiny_pair):
     teacher, student = tiny_pair
     with torch.no_grad():
-        kd = _run(build_method(KdMethod(w_ce=0.5, w_kd=3.0, temperature=2.0), student, teacher, NUM_CLASSES),
+        kd = _run(build_method(KdConfig(w_ce=0.5, w_kd=3.0, temperature=2.0), student, teacher, NUM_CLASSES),
                   student, teacher)
-        dist = _run(build_method(DistMethod(beta=2.0, gamma=0.5, temperature=2.0), student, teacher, NUM_CLASSES),
+        dist = _run(build_method(DistConfig(beta=2.0, gamma=0.5, temperature=2.0), student, teacher, NUM_CLASSES),
                     student, teacher)
         x, y = _data()
         z_s, z_t = student(x).logits, teacher(x).logits
@@ -87,23 +106,23 @@ def test_simple_methods_weight_their_terms(tiny_pair):
 
 def test_dkd_linear_warmup(tiny_pair):
     teacher, student = tiny_pair
-    method = build_method(DkdMethod(warmup_epochs=20), student, teacher, NUM_CLASSES)
+    method = build_method(DkdConfig(warmup_epochs=20), student, teacher, NUM_CLASSES)
     with torch.no_grad():
         outs = {e: _run(method, student, teacher, epoch=e) for e in (0.0, 5.0, 40.0)}
     for epoch, factor in ((0.0, 0.0), (5.0, 0.25), (40.0, 1.0)):
         o = outs[epoch]
         torch.testing.assert_close(o["loss"], o["ce"] + factor * (o["tckd"] + 8.0 * o["nckd"]))
-    assert build_method(DkdMethod(warmup_epochs=0), student, teacher, NUM_CLASSES).warmup_factor(0.0) == 1.0
+    assert build_method(DkdConfig(warmup_epochs=0), student, teacher, NUM_CLASSES).warmup_factor(0.0) == 1.0
 
 
 def test_ofa_stage_term_is_the_sum_over_branches(tiny_pair):
     teacher, student = tiny_pair
-    method = build_method(OfaMethod(num_stages=3, eps=1.5), student, teacher, NUM_CLASSES)
+    method = build_method(OfaConfig(num_stages=3, eps=1.5), student, teacher, NUM_CLASSES)
     x, y = _data()
     with torch.no_grad():
         s_out, t_out = student(x, with_features=True), teacher(x)
         out = method(s_out, t_out, y, epoch=0.0, label_smoothing=0.0)
-        h = torch.stack([p(f) for p, f in zip(method.projectors, s_out.features[-3:])])
+        h = torch.stack([p(f) for p, f in zip(method.projectors, s_out.features[-3:], strict=True)])
         branches = method.heads(h)
     expected = sum(losses.ofa_loss(b, t_out.logits, y, eps=1.5) for b in branches)
     torch.testing.assert_close(out["ofa_stages"], expected)
@@ -114,10 +133,10 @@ def test_ofa_stage_term_is_the_sum_over_branches(tiny_pair):
 def test_method_needs_teacher_and_features(tiny_pair):
     teacher, student = tiny_pair
     with pytest.raises(ValueError, match="needs a teacher"):
-        build_method(HcdMethod(), student, None, NUM_CLASSES)
+        build_method(HcdConfig(), student, None, NUM_CLASSES)
     with pytest.raises(ValueError, match="classes"):
-        build_method(KdMethod(), student, teacher, NUM_CLASSES + 1)
-    method = build_method(HcdMethod(), student, teacher, NUM_CLASSES)
+        build_method(KdConfig(), student, teacher, NUM_CLASSES + 1)
+    method = build_method(HcdConfig(), student, teacher, NUM_CLASSES)
     x, y = _data()
     with pytest.raises(ValueError, match="with_features=True"):
         method(student(x), teacher(x), y, epoch=0.0, label_smoothing=0.0)
@@ -140,7 +159,7 @@ HCD_PAIRS = [
 @pytest.mark.parametrize("teacher_arch,student_arch", HCD_PAIRS)
 def test_hcd_heterogeneous_pairs_route_gradients(teacher_arch, student_arch):
     teacher, student = _pair(teacher_arch, student_arch)
-    method = build_method(HcdMethod(), student, teacher, NUM_CLASSES)
+    method = build_method(HcdConfig(), student, teacher, NUM_CLASSES)
     out = _run(method, student, teacher, label_smoothing=0.1)
     assert set(out) == TERMS["hcd"] | {"loss"}
     assert all(torch.isfinite(v) for v in out.values())
@@ -162,25 +181,25 @@ def test_hcd_heterogeneous_pairs_route_gradients(teacher_arch, student_arch):
 # --------------------------------------------------------------------------- HCD switches
 def test_hcd_dimensions_follow_the_spec(tiny_pair):
     teacher, student = tiny_pair  # d_t = 64 (test_vit), d_s = 96 (test_resnet)
-    method = build_method(HcdMethod(num_sub_logits=3), student, teacher, NUM_CLASSES)
+    method = build_method(HcdConfig(num_sub_logits=3), student, teacher, NUM_CLASSES)
     dim = max(student.shapes.pre_logit_dim, teacher.pre_logit_dim)
     assert dim == 96
     assert method.cfm[0].weight.shape == (4, dim + 64, 3 * NUM_CLASSES)
     x, _ = _data()
     feats = student(x, with_features=True).features
-    assert [tuple(p(f).shape) for p, f in zip(method.projectors, feats)] == [(2, dim)] * 4
+    assert [tuple(p(f).shape) for p, f in zip(method.projectors, feats, strict=True)] == [(2, dim)] * 4
     # Downsampling blocks until the map is no larger than the deepest stage's (8, 4, 2 -> 1 pixel).
     assert [p.num_blocks for p in method.projectors] == [3, 2, 1, 0]
 
-    small = build_method(HcdMethod(proj_dim=32), student, teacher, NUM_CLASSES)
-    assert [tuple(p(f).shape) for p, f in zip(small.projectors, feats)] == [(2, 32)] * 4
+    small = build_method(HcdConfig(proj_dim=32), student, teacher, NUM_CLASSES)
+    assert [tuple(p(f).shape) for p, f in zip(small.projectors, feats, strict=True)] == [(2, 32)] * 4
     assert small.cfm[0].weight.shape == (4, 32 + 64, 4 * NUM_CLASSES)
 
 
 def test_hcd_cfm_mlp_adds_a_hidden_layer(tiny_pair):
     teacher, student = tiny_pair
-    linear = build_method(HcdMethod(cfm="linear"), student, teacher, NUM_CLASSES)
-    mlp = build_method(HcdMethod(cfm="mlp"), student, teacher, NUM_CLASSES)
+    linear = build_method(HcdConfig(cfm="linear"), student, teacher, NUM_CLASSES)
+    mlp = build_method(HcdConfig(cfm="mlp"), student, teacher, NUM_CLASSES)
     assert [type(m) for m in linear.cfm] == [StackedLinear]
     assert [type(m).__name__ for m in mlp.cfm] == ["StackedLinear", "ReLU", "StackedLinear"]
     assert mlp.cfm[0].weight.shape == (4, 96 + 64, 64) and mlp.cfm[2].weight.shape == (4, 64, 4 * NUM_CLASSES)
@@ -191,14 +210,14 @@ def test_hcd_cfm_mlp_adds_a_hidden_layer(tiny_pair):
 
 def test_hcd_num_stages_changes_the_projectors():
     teacher, student = _pair("test_vit", "test_resnet", num_stages=2)
-    method = build_method(HcdMethod(num_stages=2), student, teacher, NUM_CLASSES)
+    method = build_method(HcdConfig(num_stages=2), student, teacher, NUM_CLASSES)
     assert len(method.projectors) == 2 and method.cfm[0].weight.shape[0] == 2
     out = _run(method, student, teacher)
     out["loss"].backward()
     assert all(_nonzero_grad(p.parameters()) for p in method.projectors)
     # A student tapped at 4 points also serves a 1-stage method (its deepest point).
     _, student4 = _pair("test_vit", "test_resnet")
-    one = build_method(HcdMethod(num_stages=1), student4, teacher, NUM_CLASSES)
+    one = build_method(HcdConfig(num_stages=1), student4, teacher, NUM_CLASSES)
     assert len(one.projectors) == 1 and one.projectors[0].num_blocks == 0
 
 
@@ -207,7 +226,7 @@ def test_hcd_weights_and_switches_reach_the_losses(tiny_pair):
 
     def run(**switches):
         torch.manual_seed(3)
-        method = build_method(HcdMethod(**switches), student, teacher, NUM_CLASSES)
+        method = build_method(HcdConfig(**switches), student, teacher, NUM_CLASSES)
         return method, _run(method, student, teacher)
 
     _, base = run(w_ce=0.5, w_kd=2.0, w_sdd_ce=0.25, w_sdd_kl=3.0, w_ol=4.0)
@@ -236,7 +255,7 @@ def test_hcd_weights_and_switches_reach_the_losses(tiny_pair):
 
 def test_hcd_extras_only_in_state_dict(tiny_pair):
     teacher, student = tiny_pair
-    method = build_method(HcdMethod(), student, teacher, NUM_CLASSES)
+    method = build_method(HcdConfig(), student, teacher, NUM_CLASSES)
     names = {n for n, _ in method.named_parameters()}
     assert names and all(n.startswith(("projectors.", "cfm.")) for n in names)
     student_ids = {id(p) for p in student.parameters()} | {id(p) for p in teacher.parameters()}

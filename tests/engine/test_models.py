@@ -11,7 +11,7 @@ from safetensors.torch import save_file
 
 from hcd_core.features import build_student, feature_point_indices, probe_feature_shapes
 from hcd_core.hashing import sha256_file
-from hcd_core.models import ALLOWED_ARCHS, create_timm_model, timm_default_normalisation
+from hcd_core.models import ALLOWED_ARCHS, create_timm_model
 from hcd_core.teacher import build_teacher
 
 torch.set_num_threads(1)
@@ -45,12 +45,6 @@ def test_img_size_passed_where_the_architecture_takes_it():
     assert vit.num_classes == 7
     cnn = create_timm_model("test_resnet", 7, 64)  # no img_size argument: still builds
     assert cnn(_batch(64)).shape == (2, 7)
-
-
-def test_default_normalisation_from_pretrained_cfg():
-    assert timm_default_normalisation(create_timm_model("test_vit", 3, 32)) == HALF
-    mean, std = timm_default_normalisation(create_timm_model("test_efficientnet", 3, 32))
-    assert mean == pytest.approx(IMAGENET[0]) and std == pytest.approx(IMAGENET[1])
 
 
 # --------------------------------------------------------------------------- feature probing
@@ -88,7 +82,7 @@ def test_probe_restores_training_mode_and_real_features_match():
     assert student.training and all(m.training for m in student.model.modules())
     out = student(_batch(), with_features=True)
     assert [tuple(f.shape[1:]) for f in out.features] == [
-        (c, *s) for c, s in zip(student.shapes.channels, student.shapes.sizes)
+        (c, *s) for c, s in zip(student.shapes.channels, student.shapes.sizes, strict=True)
     ]
     student.model.eval()  # a model probed in eval mode stays in eval mode
     probe_feature_shapes(student.model, 32, student.shapes.indices)
@@ -168,7 +162,8 @@ def test_teacher_weights_round_trip_through_safetensors(tmp_path):
 def test_teacher_weights_errors_are_clear(tmp_path):
     path = tmp_path / "teacher.safetensors"
     _state_file(create_timm_model("test_convnext", 6, 32), path)
-    with pytest.raises(ValueError, match=r"10 classes.*shape mismatches: .*head\.fc\.weight: file \(6, 64\) vs model \(10, 64\)"):
+    mismatch = r"10 classes.*shape mismatches: .*head\.fc\.weight: file \(6, 64\) vs model \(10, 64\)"
+    with pytest.raises(ValueError, match=mismatch):
         build_teacher("test_convnext", 10, input_size=32, input_norm=HALF, weights_path=path)
     with pytest.raises(ValueError, match=r"'test_resnet'.*missing keys: .*unexpected keys: "):
         build_teacher("test_resnet", 6, input_size=32, input_norm=HALF, weights_path=path)

@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import copy
+import json
+import subprocess
+import sys
+
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
+from hcd_core.method_configs import METHOD_CONFIGS
 from hcd_core.recipes import RECIPES
-from hcd_core.spec import JobSpec, parse_spec
+from hcd_core.resources import estimate_memory
+from hcd_core.spec import DatasetSpec, JobSpec, parse_spec
 
 
 def _base(**over) -> dict:
@@ -97,3 +106,158 @@ def test_resolved_spec_round_trips_through_json():
     spec = parse_spec(_base(method={"name": "hcd"}, teacher={"arch": "test_vit", "weights": {"source": "timm"}}))
     doc = spec.resolved().model_dump(mode="json")
     assert JobSpec.model_validate(doc) == spec.resolved()
+
+
+def test_min_lr_is_checked_against_the_recipes_lr():
+    assert "training.min_lr must not exceed" in _error_text(_base(training={"min_lr": 1.0}))  # quick: lr 0.05
+    assert parse_spec(_base(training={"min_lr": 1.0, "lr": 2.0})).resolved().training.min_lr == 1.0
+
+
+# --------------------------------------------------------------------------- finite, bounded numbers
+def test_infinite_teacher_mean_is_named():
+    doc = json.loads('{"teacher": {"mean": [1e999, 0, 0]}}')  # Python's json reads 1e999 as inf
+    assert any(loc.startswith("teacher.mean") for loc in _locs(doc))
+
+
+@pytest.mark.parametrize("bad", [float("inf"), float("-inf"), float("nan"), 11.0, -11.0])
+def test_teacher_mean_must_be_finite_and_bounded(bad):
+    teacher = {"arch": "test_vit", "weights": {"source": "timm"}, "mean": [bad, 0.5, 0.5]}
+    assert "teacher.mean.0" in _locs(_base(method={"name": "kd"}, teacher=teacher))
+
+
+@pytest.mark.parametrize("bad", [0.0, -1.0, 10.5, float("inf"), float("nan")])
+def test_teacher_std_must_be_positive_and_bounded(bad):
+    teacher = {"arch": "test_vit", "weights": {"source": "timm"}, "std": [0.2, bad, 0.2]}
+    assert "teacher.std.1" in _locs(_base(method={"name": "kd"}, teacher=teacher))
+
+
+@pytest.mark.parametrize("field", ["lr", "grad_clip", "min_lr"])
+def test_non_finite_training_numbers_are_named(field):
+    for bad in (float("inf"), float("nan")):
+        assert f"training.{field}" in _locs(_base(training={field: bad}))
+    assert "method.hcd.temperature" in _locs(_base(method={"name": "hcd", "temperature": float("nan")}))
+
+
+def _unbounded_numbers(node: object, path: str = "") -> list[str]:
+    """JSON-schema paths of number/integer nodes that lack a lower or an upper bound."""
+    found = []
+    if isinstance(node, dict):
+        if node.get("type") in ("number", "integer"):
+            low = "minimum" in node or "exclusiveMinimum" in node
+            high = "maximum" in node or "exclusiveMaximum" in node
+            if not (low and high):
+                found.append(path)
+        for key, value in node.items():
+            found += _unbounded_numbers(value, f"{path}/{key}")
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            found += _unbounded_numbers(value, f"{path}/{i}")
+    return found
+
+
+def test_every_number_in_the_spec_is_bounded():
+    schema = JobSpec.model_json_schema()
+    assert set(METHOD_CONFIGS) <= {d["properties"]["name"].get("const") for d in schema["$defs"].values()
+                                   if "name" in d.get("properties", {})}
+    assert _unbounded_numbers(schema) == []
+
+
+# --------------------------------------------------------------------------- dataset facts
+@pytest.mark.parametrize("dataset,expected", [
+    ({"name": "cifar10", "root": "c"}, 10),
+    ({"name": "cifar100", "root": "c"}, 100),
+    ({"name": "digits"}, 10),
+    ({"name": "synthetic"}, 10),
+    ({"name": "synthetic", "num_classes": 7}, 7),
+    ({"name": "imagefolder", "root": "i"}, None),
+])
+def test_known_num_classes(dataset, expected):
+    assert DatasetSpec(**dataset).known_num_classes() == expected
+
+
+def test_known_num_classes_agree_with_the_built_data():
+    from hcd_core.data import build_data
+
+    for dataset in ({"name": "synthetic", "train_size": 8, "val_size": 4},
+                    {"name": "synthetic", "num_classes": 3, "train_size": 8, "val_size": 4}):
+        spec = DatasetSpec(**dataset)
+        assert build_data(spec, batch_size=4)[2].num_classes == spec.known_num_classes()
+
+
+def test_spec_and_resources_import_without_torch():
+    code = ("import sys, hcd_core.spec, hcd_core.resources, hcd_core.hashing, hcd_core.types, hcd_core.errors; "
+            "assert 'torch' not in sys.modules and 'timm' not in sys.modules, 'torch imported'")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# --------------------------------------------------------------------------- property: refused or finite
+def _seed_documents() -> list[dict]:
+    """One valid document per method, with every field of every section set (mutations hit them all)."""
+    teacher = {"arch": "test_vit", "weights": {"source": "timm"}, "image_size": 32,
+               "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}
+    dataset = {"name": "synthetic", "image_size": 16, "num_classes": 3, "train_size": 40, "val_size": 8}
+    training = {**RECIPES["quick"], "recipe": "quick", "step_milestones": [2, 4], "grad_clip": 1.0,
+                "ema_decay": 0.5, "max_steps_per_epoch": 3}
+    docs = []
+    for config in METHOD_CONFIGS.values():
+        doc = {"method": config().model_dump(), "student": {"arch": "test_resnet"}, "dataset": dict(dataset),
+               "training": dict(training), "seed": 1}
+        if config.needs_teacher:
+            doc["teacher"] = {**teacher, "weights": dict(teacher["weights"])}
+        docs.append(doc)
+    return docs
+
+
+_SEEDS = _seed_documents()
+_edges = st.sampled_from([float("inf"), float("-inf"), float("nan"), 1e308, -1e308, 10**40, -(2**63), 10**400])
+_numbers = st.floats(min_value=-1.0, max_value=1.0) | st.integers(min_value=0, max_value=64) | st.floats() | _edges
+_json = st.recursive(
+    st.none() | st.booleans() | _numbers | st.text(max_size=6),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+    max_leaves=6,
+)
+_values = st.one_of(_edges, _numbers, _numbers, st.lists(_numbers, min_size=3, max_size=3), _json)
+
+
+def _paths(node: object, prefix: tuple = ()) -> list[tuple]:
+    """Every leaf of a document (list items included) and a new key in each mapping."""
+    paths = [] if isinstance(node, (dict, list)) else [prefix]
+    if isinstance(node, dict):
+        paths.append((*prefix, "extra"))
+        for key, value in node.items():
+            paths += _paths(value, (*prefix, key))
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            paths += _paths(value, (*prefix, i))
+    return paths
+
+
+@st.composite
+def _spec_documents(draw: st.DrawFn) -> dict:
+    """A valid seed document with up to three leaves replaced by arbitrary JSON (numbers of any
+    size, inf, nan, wrong types, nested values) or unknown keys added."""
+    doc = copy.deepcopy(draw(st.sampled_from(_SEEDS)))
+    for _ in range(draw(st.integers(min_value=0, max_value=3))):
+        *parents, last = draw(st.sampled_from(_paths(doc)))
+        node = doc
+        for key in parents:
+            node = node[key]
+        node[last] = draw(_values)
+    return doc
+
+
+@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(doc=_spec_documents())
+def test_any_document_is_refused_or_gives_a_finite_spec(doc):
+    try:
+        spec = parse_spec(doc)
+    except ValidationError:
+        return
+    json.dumps(spec.model_dump(mode="json"), allow_nan=False)
+    json.dumps(spec.resolved().model_dump(mode="json"), allow_nan=False)
+    assert estimate_memory(spec).total_bytes > 0
+
+
+def test_seed_documents_are_valid():
+    for doc in _SEEDS:
+        parse_spec(doc)

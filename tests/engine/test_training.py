@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import save_file
 
 from hcd_core.checkpoint import CHECKPOINT_NAME, CheckpointMismatch
-from hcd_core.engine import RunHooks, run_job
+from hcd_core.engine import Progress, RunHooks, run_job
 from hcd_core.models import create_timm_model
 from hcd_core.spec import parse_spec
 from hcd_core.training import LrSchedule
@@ -213,4 +213,21 @@ def test_lr_schedule_warmup_then_cosine_per_iteration():
     assert s.lr_at(25) == pytest.approx(0.01 + 0.09 * 0.5)  # half way through the cosine
     assert s.lr_at(40) == pytest.approx(0.01)
     lrs = [s.lr_at(i) for i in range(10, 40)]
-    assert all(a >= b for a, b in zip(lrs, lrs[1:]))
+    assert all(a >= b for a, b in zip(lrs, lrs[1:], strict=False))
+
+
+def test_progress_at_start_after_each_step_and_at_completion(tmp_path, teacher_file):
+    seen: list[Progress] = []
+    run_job(_spec(teacher_file), output_dir=tmp_path / "o", checkpoint_dir=tmp_path / "c",
+            hooks=RunHooks(on_progress=seen.append, should_stop=_StopAt(3), stop_check_every=1))
+    total = EPOCHS * STEPS_PER_EPOCH
+    # total_steps is known before the first step; a stopped run reports no completion
+    assert seen[0] == Progress(epoch=0, epochs=EPOCHS, step=0, total_steps=total)
+    assert [p.step for p in seen] == [0, 1, 2, 3]
+
+    seen.clear()
+    run_job(_spec(teacher_file), output_dir=tmp_path / "o", checkpoint_dir=tmp_path / "c",
+            hooks=RunHooks(on_progress=seen.append))
+    assert seen[0] == Progress(epoch=0, epochs=EPOCHS, step=3, total_steps=total)  # resumed mid-epoch
+    assert [(p.epoch, p.step) for p in seen[1:-1]] == [(s // STEPS_PER_EPOCH, s + 1) for s in range(3, total)]
+    assert seen[-1] == Progress(epoch=EPOCHS, epochs=EPOCHS, step=total, total_steps=total)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import uuid
 from datetime import datetime, timezone
 
-from api.db import get_sessionmaker
-from api.tables import Artifact, Job
+from jobs.db import database
+from jobs.storage import LocalStore
+from jobs.tables import Artifact, Job
 
 PROBLEM = "application/problem+json"
 
@@ -51,7 +52,7 @@ def insert_job(settings, owner: str, status: str = "queued", spec: dict | None =
         runtime_limit_seconds=3600, finished_at=datetime.now(timezone.utc) if terminal else None,
     )
     row.update(values)
-    with get_sessionmaker(settings.database_url)() as session:
+    with database(settings).sessionmaker() as session:
         session.add(Job(**row))
         session.commit()
     return job_id
@@ -60,11 +61,11 @@ def insert_job(settings, owner: str, status: str = "queued", spec: dict | None =
 def add_artifact(settings, job_id: uuid.UUID, name: str, content: bytes, media_type: str) -> str:
     import hashlib
 
-    folder = settings.artifacts_dir / str(job_id)
+    folder = LocalStore(settings.data_dir).artifacts / str(job_id)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / name).write_bytes(content)
     digest = hashlib.sha256(content).hexdigest()
-    with get_sessionmaker(settings.database_url)() as session:
+    with database(settings).sessionmaker() as session:
         session.add(Artifact(job_id=job_id, name=name, path=f"{job_id}/{name}", size=len(content),
                              sha256=digest, media_type=media_type))
         session.commit()

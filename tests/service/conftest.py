@@ -15,8 +15,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from api.db import get_sessionmaker, normalize_database_url
-from api.settings import Settings
+from jobs.db import database, normalize_database_url
+from jobs.settings import Settings
 
 _HERE = Path(__file__).resolve().parent
 
@@ -34,7 +34,7 @@ def _psycopg_dsn(url: str) -> str:
 @pytest.fixture(scope="session")
 def pg_url(tmp_path_factory) -> str:
     """URL of a migrated, empty database used by the whole session."""
-    from api.migrate import upgrade
+    from jobs.migrate import upgrade
 
     server_url = os.environ.get("HCD_TEST_DATABASE_URL")
     if server_url:
@@ -45,22 +45,22 @@ def pg_url(tmp_path_factory) -> str:
         url = _server_url_with_database(server_url, name)
         upgrade(url)
         yield url
-        from api.db import get_engine
+        from jobs.db import dispose_all
 
-        get_engine(url).dispose()
+        dispose_all()
         with psycopg.connect(admin, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     else:
-        from api.embedded import start_postgres
+        from jobs.embedded import start_postgres
 
         server = start_postgres(tmp_path_factory.mktemp("embedded") / "pgdata")
         try:
             upgrade(server.url)
             yield server.url
         finally:
-            from api.db import get_engine
+            from jobs.db import dispose_all
 
-            get_engine(server.url).dispose()
+            dispose_all()
             server.stop()
 
 
@@ -70,7 +70,7 @@ def redis_url(tmp_path_factory) -> str:
     if url:
         yield url
         return
-    from api.embedded import start_redis
+    from jobs.embedded import start_redis
 
     server = start_redis(tmp_path_factory.mktemp("embedded-redis"))
     try:
@@ -107,11 +107,11 @@ def _forget_redis_keys(settings: Settings) -> None:
     import redis
     from sqlalchemy import select
 
-    from api.db import session_scope
-    from api.sse import stream_key
-    from api.tables import Job
+    from jobs.db import database
+    from jobs.streams import stream_key
+    from jobs.tables import Job
 
-    with session_scope(settings.database_url) as session:
+    with database(settings).session() as session:
         job_ids = list(session.execute(select(Job.id)).scalars())
     queue = settings.queue_name
     keys = [queue, f"_kombu.binding.{queue}", f"_kombu.binding_permanent.{queue}"] + [stream_key(j) for j in job_ids]
@@ -161,10 +161,10 @@ def api_client(api_app):
 
 
 def _new_key(service_settings, owner: str) -> str:
-    from api.auth import create_api_key
+    from jobs.keys import create_key
 
-    with get_sessionmaker(service_settings.database_url)() as session:
-        key = create_api_key(session, owner)
+    with database(service_settings).sessionmaker() as session:
+        key = create_key(session, owner)
         session.commit()
     return key
 
@@ -173,9 +173,9 @@ def _cancel_leftover_jobs(service_settings, owner: str) -> None:
     """Queued jobs a test left behind must not be picked up by a worker of a later test."""
     from sqlalchemy import update
 
-    from api.tables import Job
+    from jobs.tables import Job
 
-    with get_sessionmaker(service_settings.database_url)() as session:
+    with database(service_settings).sessionmaker() as session:
         session.execute(
             update(Job).where(Job.owner == owner, Job.status == "queued")
             .values(status="cancelled", finished_at=Job.updated_at)

@@ -6,8 +6,9 @@ import hashlib
 import os
 
 import pytest
-
 from api_helpers import add_artifact, assert_problem, insert_job
+
+from jobs.storage import LocalStore
 
 CONTENT = os.urandom(1000) + b"tail"
 
@@ -69,5 +70,5 @@ def test_unsatisfiable_and_ignored_ranges(api_client, auth_headers, artifact):
 def test_missing_artifact_is_404(api_client, auth_headers, artifact, service_settings):
     job_id, _, url = artifact
     assert_problem(api_client.get(f"/jobs/{job_id}/artifacts/nope.bin", headers=auth_headers), 404, "not_found")
-    (service_settings.artifacts_dir / str(job_id) / "student.safetensors").unlink()
+    (LocalStore(service_settings.data_dir).artifacts / str(job_id) / "student.safetensors").unlink()
     assert_problem(api_client.get(url, headers=auth_headers), 404, "not_found")

@@ -5,11 +5,12 @@ from __future__ import annotations
 import uuid
 
 import pytest
+from api_helpers import add_artifact, assert_problem, hcd_spec, insert_job
 from fastapi.testclient import TestClient
 
 from api.app import create_app
-from api.auth import hash_key
-from api_helpers import add_artifact, assert_problem, hcd_spec, insert_job
+from jobs.keys import hash_key
+from jobs.storage import LocalStore
 
 
 @pytest.mark.parametrize("headers", [
@@ -47,7 +48,7 @@ def test_foreign_job_is_404_on_every_route(api_client, service_settings, other_o
     listed = api_client.get("/jobs", headers=auth_headers).json()["data"]
     assert str(job_id) not in {j["id"] for j in listed}
     # still there for its owner: the 404 changed nothing
-    assert (service_settings.artifacts_dir / str(job_id) / "model_card.json").exists()
+    assert (LocalStore(service_settings.data_dir).artifacts / str(job_id) / "model_card.json").exists()
 
 
 def test_foreign_job_is_not_usable_as_teacher(api_client, service_settings, other_owner, auth_headers):
@@ -60,11 +61,11 @@ def test_foreign_job_is_not_usable_as_teacher(api_client, service_settings, othe
 
 
 def test_foreign_model_is_404_and_not_usable(api_client, service_settings, other_owner, auth_headers):
-    from api.db import get_sessionmaker
-    from api.tables import UploadedModel
+    from jobs.db import database
+    from jobs.tables import UploadedModel
 
     model_id = uuid.uuid4()
-    with get_sessionmaker(service_settings.database_url)() as session:
+    with database(service_settings).sessionmaker() as session:
         session.add(UploadedModel(id=model_id, owner=other_owner, arch="test_resnet", num_classes=4,
                                   filename="t.safetensors", path=f"{model_id}.safetensors", size=1, sha256="0" * 64))
         session.commit()
@@ -84,10 +85,10 @@ def test_bootstrap_key_exists_after_startup(service_settings):
         assert client.get("/jobs", headers={"Authorization": f"Bearer {key}"}).status_code == 200
     from sqlalchemy import func, select
 
-    from api.db import get_sessionmaker
-    from api.tables import ApiKey
+    from jobs.db import database
+    from jobs.tables import ApiKey
 
-    with get_sessionmaker(service_settings.database_url)() as session:
+    with database(service_settings).sessionmaker() as session:
         rows = session.execute(
             select(ApiKey.owner, func.count()).where(ApiKey.key_hash == hash_key(key)).group_by(ApiKey.owner)
         ).all()
@@ -99,12 +100,12 @@ def test_revoked_key_is_rejected(api_client, service_settings):
 
     from sqlalchemy import update
 
-    from api.auth import create_api_key
-    from api.db import get_sessionmaker
-    from api.tables import ApiKey
+    from jobs.db import database
+    from jobs.keys import create_key
+    from jobs.tables import ApiKey
 
-    with get_sessionmaker(service_settings.database_url)() as session:
-        key = create_api_key(session, "revoked-owner")
+    with database(service_settings).sessionmaker() as session:
+        key = create_key(session, "revoked-owner")
         session.execute(update(ApiKey).where(ApiKey.key_hash == hash_key(key))
                         .values(revoked_at=datetime.now(timezone.utc)))
         session.commit()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import redis
 
-from api.embedded import start_redis
+from jobs.embedded import start_redis
 
 
 def test_embedded_redis_starts_and_stops(tmp_path):

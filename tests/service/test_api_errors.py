@@ -6,7 +6,6 @@ import copy
 import uuid
 
 import pytest
-
 from api_helpers import add_artifact, assert_problem, ce_spec, hcd_spec, insert_job
 
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+from api_helpers import assert_problem
 from fastapi.testclient import TestClient
 
 from api.app import create_app
-from api_helpers import assert_problem
 
 
 def test_readyz_checks_postgres_and_redis(api_client, service_settings):

@@ -4,21 +4,29 @@ from __future__ import annotations
 
 import json
 import threading
+import uuid
 
+import psycopg
 import redis
+from api_helpers import add_artifact, assert_problem, ce_spec, insert_job
 from fastapi.testclient import TestClient
 
 from api.app import create_app
-from api.db import get_sessionmaker
-from api.tables import Job, JobEvent
-from api_helpers import add_artifact, assert_problem, ce_spec, insert_job
+from jobs.db import database, libpq_url
+from jobs.outbox import Housekeeper
+from jobs.repository import QUEUED_CHANNEL, JobRepository
+from jobs.storage import LocalStore
+from jobs.tables import Job, JobEvent
+from worker.celery_app import CeleryQueue
 
 
 def _submit(client, headers, spec=None, **kw):
     return client.post("/jobs", json={"spec": spec or ce_spec(), **kw}, headers=headers)
 
 
-def test_submit_returns_job_and_publishes_it(api_client, auth_headers, service_settings):
+def test_submit_commits_the_job_and_wakes_the_outbox_relay(api_client, auth_headers, service_settings):
+    listener = psycopg.connect(libpq_url(service_settings.database_url), autocommit=True)
+    listener.execute(f"LISTEN {QUEUED_CHANNEL}")
     r = _submit(api_client, auth_headers, metadata={"team": "vision"})
     assert r.status_code == 202, r.text
     job = r.json()
@@ -32,12 +40,18 @@ def test_submit_returns_job_and_publishes_it(api_client, auth_headers, service_s
         assert key in job
     assert api_client.get(f"/jobs/{job['id']}", headers=auth_headers).json() == job
 
-    # The Celery message landed in the session's queue (a Redis list), task id = job id.
+    # The commit woke the relays (NOTIFY); the API itself sends nothing to the queue.
+    assert list(listener.notifies(timeout=5, stop_after=1)), "no NOTIFY for the new job"
+    listener.close()
+    with database(service_settings).sessionmaker() as session:
+        assert session.get(Job, uuid.UUID(job["id"])).published_at is None
+    # A worker's relay publishes it: the Celery message lands in the queue (task id = job id).
+    Housekeeper(service_settings, JobRepository(database(service_settings)), CeleryQueue(service_settings)).relay()
     client = redis.Redis.from_url(service_settings.redis_url)
     messages = [json.loads(m) for m in client.lrange(service_settings.queue_name, 0, -1)]
     assert job["id"] in {m["headers"]["id"] for m in messages}
-    with get_sessionmaker(service_settings.database_url)() as session:
-        row = session.get(Job, __import__("uuid").UUID(job["id"]))
+    with database(service_settings).sessionmaker() as session:
+        row = session.get(Job, uuid.UUID(job["id"]))
         assert row.published_at is not None
         events = session.query(JobEvent).filter_by(job_id=row.id).all()
         assert [(e.type, e.data["status"]) for e in events] == [("status", "queued")]
@@ -143,18 +157,18 @@ def test_delete_rules(api_client, auth_headers, service_settings, api_owner):
 
     done = insert_job(service_settings, api_owner, status="succeeded")
     add_artifact(service_settings, done, "model_card.json", b"{}", "application/json")
-    checkpoint = service_settings.checkpoints_dir / str(done)
+    checkpoint = LocalStore(service_settings.data_dir).checkpoints / str(done)
     checkpoint.mkdir(parents=True)
     (checkpoint / "last.pt").write_bytes(b"state")
     assert api_client.delete(f"/jobs/{done}", headers=auth_headers).status_code == 204
-    assert not (service_settings.artifacts_dir / str(done)).exists() and not checkpoint.exists()
+    assert not (LocalStore(service_settings.data_dir).artifacts / str(done)).exists() and not checkpoint.exists()
     assert_problem(api_client.get(f"/jobs/{done}", headers=auth_headers), 404, "not_found")
     assert_problem(api_client.delete(f"/jobs/{done}", headers=auth_headers), 404, "not_found")
 
 
 def test_events_pagination(api_client, auth_headers, service_settings, api_owner):
     job_id = insert_job(service_settings, api_owner, status="running")
-    with get_sessionmaker(service_settings.database_url)() as session:
+    with database(service_settings).sessionmaker() as session:
         for i in range(5):
             session.add(JobEvent(job_id=job_id, type="phase", attempt=1, data={"phase": f"p{i}"}))
         session.commit()
@@ -183,7 +197,7 @@ def test_pooled_connections_killed_by_the_server_are_replaced(api_client, auth_h
 
     import psycopg
 
-    from api.db import normalize_database_url
+    from jobs.db import normalize_database_url
 
     job = _submit(api_client, auth_headers).json()
     assert api_client.get(f"/jobs/{job['id']}", headers=auth_headers).status_code == 200  # pool warm

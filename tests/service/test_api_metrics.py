@@ -6,16 +6,16 @@ import json
 from datetime import datetime, timezone
 
 import redis
-
-from api.db import get_sessionmaker
-from api.sse import stream_key
-from api.tables import MetricPoint
 from api_helpers import assert_problem, insert_job
+
+from jobs.db import database
+from jobs.streams import stream_key
+from jobs.tables import MetricPoint
 
 
 def _add_points(settings, job_id, names, steps):
     now = datetime.now(timezone.utc)
-    with get_sessionmaker(settings.database_url)() as session:
+    with database(settings).sessionmaker() as session:
         for name in names:
             for step in steps:
                 session.add(MetricPoint(job_id=job_id, name=name, step=step, value=step / 10, epoch=step // 10, ts=now))
@@ -142,7 +142,7 @@ def test_non_finite_metric_values_are_sent_as_null(api_client, auth_headers, ser
     """NaN/inf are legal in metric_points (double precision) but not in JSON: null, never a 500."""
     job_id = insert_job(service_settings, api_owner, status="running")
     now = datetime.now(timezone.utc)
-    with get_sessionmaker(service_settings.database_url)() as session:
+    with database(service_settings).sessionmaker() as session:
         for step, value in enumerate([float("nan"), float("inf"), float("-inf"), 1.5]):
             session.add(MetricPoint(job_id=job_id, name="loss", step=step, value=value, epoch=0, ts=now))
         session.commit()
@@ -155,7 +155,7 @@ def test_non_finite_metric_values_are_sent_as_null(api_client, auth_headers, ser
 
 
 def test_job_json_encoder_turns_non_finite_floats_into_null():
-    from api.json_body import dumps
+    from jobs.jsonutil import dumps
 
     body = {"latest_metrics": {"loss": float("nan"), "top1": 0.5}, "result": {"best": [float("inf"), 1.0]}}
     assert json.loads(dumps(body)) == {"latest_metrics": {"loss": None, "top1": 0.5}, "result": {"best": [None, 1.0]}}

@@ -1,16 +1,17 @@
-"""The Alembic initial revision creates exactly the schema of api/tables.py."""
+"""The Alembic revisions create exactly the schema of jobs/tables.py."""
 
 from __future__ import annotations
 
 from sqlalchemy import inspect
 
-from api.db import get_engine
-from api.migrate import upgrade
-from api.tables import Base
+from jobs.db import database
+from jobs.migrate import upgrade
+from jobs.settings import Settings
+from jobs.tables import Base
 
 
 def test_migrated_schema_matches_models(pg_url):
-    inspector = inspect(get_engine(pg_url))
+    inspector = inspect(database(Settings(database_url=pg_url)).engine)
     tables = set(inspector.get_table_names()) - {"alembic_version"}
     assert tables == set(Base.metadata.tables)
     for name, table in Base.metadata.tables.items():

@@ -8,10 +8,11 @@ import pickle
 import struct
 
 import pytest
+from api_helpers import assert_problem, hcd_spec
 from fastapi.testclient import TestClient
 
 from api.app import create_app
-from api_helpers import assert_problem, hcd_spec
+from jobs.storage import LocalStore
 
 
 @pytest.fixture(scope="module")
@@ -41,9 +42,9 @@ def test_valid_upload_is_stored_and_usable_as_teacher(api_client, auth_headers, 
     assert model["arch"] == "test_resnet" and model["num_classes"] == 4 and model["std"] == [0.25] * 3
     assert r.headers["location"] == f"/models/{model['id']}"
     assert model["filename"] == "teacher.safetensors"  # no directories
-    stored = service_settings.uploads_dir / f"{model['id']}.safetensors"
+    stored = LocalStore(service_settings.data_dir).uploads / f"{model['id']}.safetensors"
     assert stored.read_bytes() == resnet_weights
-    assert not list(service_settings.uploads_dir.glob(".upload-*"))  # no temporary leftovers
+    assert not list(LocalStore(service_settings.data_dir).uploads.glob(".upload-*"))  # no temporary leftovers
     assert api_client.get(f"/models/{model['id']}", headers=auth_headers).json() == model
     assert model["id"] in [m["id"] for m in api_client.get("/models", headers=auth_headers).json()["data"]]
 
@@ -80,14 +81,16 @@ def test_garbage_is_rejected(api_client, auth_headers, content):
 
 
 def test_weights_of_another_arch_or_class_count_are_rejected(api_client, auth_headers, resnet_weights):
-    body = assert_problem(_upload(api_client, auth_headers, resnet_weights, arch="test_convnext"), 422, "invalid_upload")
+    response = _upload(api_client, auth_headers, resnet_weights, arch="test_convnext")
+    body = assert_problem(response, 422, "invalid_upload")
     assert "missing tensors" in body["detail"] or "unexpected tensors" in body["detail"]
     body = assert_problem(_upload(api_client, auth_headers, resnet_weights, num_classes=7), 422, "invalid_upload")
     assert "shape" in body["detail"]
 
 
 def test_bad_form_fields(api_client, auth_headers, resnet_weights):
-    body = assert_problem(_upload(api_client, auth_headers, resnet_weights, arch="hf-hub:evil/x"), 422, "invalid_upload")
+    response = _upload(api_client, auth_headers, resnet_weights, arch="hf-hub:evil/x")
+    body = assert_problem(response, 422, "invalid_upload")
     assert body["errors"][0]["loc"] == "arch"
     assert_problem(_upload(api_client, auth_headers, resnet_weights, num_classes="many"), 422, "invalid_upload")
     assert_problem(_upload(api_client, auth_headers, resnet_weights, std="1,0,1"), 422, "invalid_upload")
@@ -113,4 +116,4 @@ def test_too_large_upload_is_413(service_settings, api_key, resnet_weights, tmp_
         r = client.post("/models", content=streamed(),
                         headers={**headers, "Content-Type": "multipart/form-data; boundary=b"})
         assert_problem(r, 413, "payload_too_large")
-    assert not list(service_settings.uploads_dir.glob(".upload-*"))
+    assert not list(LocalStore(service_settings.data_dir).uploads.glob(".upload-*"))

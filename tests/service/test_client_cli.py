@@ -12,11 +12,12 @@ import pytest
 import redis
 import uvicorn
 import yaml
+from api_helpers import add_artifact, ce_spec, insert_job
 
 from api.app import create_app
-from api.sse import stream_key
-from api_helpers import add_artifact, ce_spec, insert_job
 from hcd_cli.main import main
+from jobs.storage import LocalStore
+from jobs.streams import stream_key
 
 
 @pytest.fixture(scope="module")
@@ -109,10 +110,10 @@ def test_watch_follows_a_live_job_to_its_end(cli_env, service_settings, api_owne
             time.sleep(0.2)
         from sqlalchemy import update
 
-        from api.db import get_sessionmaker
-        from api.tables import Job
+        from jobs.db import database
+        from jobs.tables import Job
 
-        with get_sessionmaker(service_settings.database_url)() as session:
+        with database(service_settings).sessionmaker() as session:
             session.execute(update(Job).where(Job.id == job_id).values(status="cancelled"))
             session.commit()
         client.xadd(stream_key(job_id), {"type": "end", "data": json.dumps({"status": "cancelled"})})
@@ -138,7 +139,8 @@ def test_download_verifies_sha256(cli_env, service_settings, api_owner, tmp_path
     assert (out / "model_card.json").read_bytes() == b"{}"
 
     # The stored file no longer matches its recorded sha256: the download is refused.
-    (service_settings.artifacts_dir / str(job_id) / "student.safetensors").write_bytes(b"tampered" * 1000)
+    stored = LocalStore(service_settings.data_dir).artifacts / str(job_id) / "student.safetensors"
+    stored.write_bytes(b"tampered" * 1000)
     bad = tmp_path / "bad"
     assert main(["download", str(job_id), str(bad)]) == 1
     assert "does not match" in capsys.readouterr().err
@@ -151,8 +153,8 @@ def test_admin_keys_create_and_migrate(service_settings, monkeypatch, capsys):
     assert main(["keys", "create", "--owner", "cli-admin"]) == 0
     key = capsys.readouterr().out.strip().splitlines()[-1]
     assert key.startswith("hcd_")
-    from api.auth import owner_for_key
-    from api.db import get_sessionmaker
+    from jobs.db import database
+    from jobs.keys import owner_for_key
 
-    with get_sessionmaker(service_settings.database_url)() as session:
+    with database(service_settings).sessionmaker() as session:
         assert owner_for_key(session, key) == "cli-admin"

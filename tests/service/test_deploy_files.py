@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from api.settings import Settings
 from hcd_cli.main import build_parser
+from jobs.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 IMAGE_SERVICES = ("migrate", "api", "worker")

@@ -10,8 +10,9 @@ import time
 import httpx
 import pytest
 from safetensors.torch import load_file
-
 from worker_fixtures import tiny_spec, wait_until
+
+from jobs.storage import LocalStore
 
 TERMINAL = ("succeeded", "failed", "cancelled")
 
@@ -60,7 +61,7 @@ def _wait_job(client: httpx.Client, job_id: str, statuses, timeout: float, worke
         return wait_until(check, timeout, 0.2, f"job {job_id} in {statuses}")
     except AssertionError:
         job = client.get(f"/jobs/{job_id}").json()
-        raise AssertionError(f"{job['status']} {job.get('error')}\n{worker.log()[-4000:] if worker else ''}")
+        raise AssertionError(f"{job['status']} {job.get('error')}\n{worker.log()[-4000:] if worker else ''}") from None
 
 
 def _all_metrics(client: httpx.Client, job_id: str, name: str) -> list[dict]:
@@ -156,7 +157,7 @@ def test_cancel_running_job_ends_cancelled_with_a_checkpoint(client, start_worke
     elapsed = time.monotonic() - asked
     assert done["status"] == "cancelled" and elapsed < 10, (done, elapsed)
     assert done["progress"]["step"] < 400
-    assert (service_settings.checkpoints_dir / job["id"] / "checkpoint.pt").is_file()
+    assert (LocalStore(service_settings.data_dir).checkpoints / job["id"] / "checkpoint.pt").is_file()
     events = client.get(f"/jobs/{job['id']}/events").json()["data"]
     assert events[-1]["data"]["status"] == "cancelled"
     # Terminal states never change.

@@ -10,7 +10,6 @@ import sys
 import time
 
 import httpx
-
 from worker_fixtures import free_port, tiny_spec, wait_until
 
 

@@ -10,13 +10,21 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import select
+from worker_fixtures import (
+    free_port,
+    get_job,
+    insert_job,
+    job_events,
+    tiny_spec,
+    wait_for_progress,
+    wait_for_status,
+    wait_until,
+)
 
-from api.db import session_scope
-from api.settings import Settings
-from api.tables import MetricPoint
-from worker.publish import publish_job
-from worker_fixtures import (free_port, get_job, insert_job, job_events, tiny_spec, wait_for_progress,
-                             wait_for_status, wait_until)
+from jobs.db import database
+from jobs.settings import Settings
+from jobs.storage import LocalStore
+from jobs.tables import MetricPoint
 
 LONG = dict(epochs=30, steps=10)  # a few seconds of training on one core: time to interfere
 
@@ -48,9 +56,8 @@ def _attempt_windows(events) -> dict[int, tuple[int, int]]:
 def test_sigkilled_worker_job_finishes_on_a_new_worker_from_its_checkpoint(service_settings, start_worker):
     first = start_worker("worker-a")
     job_id = insert_job(service_settings, tiny_spec("ce", **LONG))
-    assert publish_job(service_settings, job_id)
     wait_for_progress(service_settings, job_id, min_epoch=3, timeout=90, workers=[first])
-    checkpoint = service_settings.checkpoints_dir / job_id / "checkpoint.pt"
+    checkpoint = LocalStore(service_settings.data_dir).checkpoints / job_id / "checkpoint.pt"
     assert checkpoint.is_file()
     first.kill_group(signal.SIGKILL)  # the worker and its job child, no goodbye
     first.proc.wait()
@@ -69,7 +76,7 @@ def test_sigkilled_worker_job_finishes_on_a_new_worker_from_its_checkpoint(servi
     # Attempt 1's writes all precede the requeue, attempt 2's all follow it: never both at once.
     windows = _attempt_windows(events)
     assert windows[1][1] < requeued[0].id < windows[2][0]
-    with session_scope(service_settings.database_url) as session:
+    with database(service_settings).session() as session:
         steps = sorted(session.execute(select(MetricPoint.step).where(
             MetricPoint.job_id == job.id, MetricPoint.name == "loss")).scalars())
     assert len(steps) == LONG["epochs"] * LONG["steps"] and len(set(steps)) == len(steps)
@@ -78,7 +85,6 @@ def test_sigkilled_worker_job_finishes_on_a_new_worker_from_its_checkpoint(servi
 def test_job_child_exits_when_its_worker_dies(service_settings, start_worker):
     worker = start_worker("worker-orphan")
     job_id = insert_job(service_settings, tiny_spec("ce", **LONG))
-    assert publish_job(service_settings, job_id)
     wait_for_progress(service_settings, job_id, min_epoch=0, min_step=2, timeout=90, workers=[worker])
     children = _children(worker.proc.pid)
     assert len(children) == 1
@@ -89,7 +95,7 @@ def test_job_child_exits_when_its_worker_dies(service_settings, start_worker):
     assert job.status == "running" and job.attempt == 1  # left for the sweep, untouched by the orphan
     from sqlalchemy import text
 
-    with session_scope(service_settings.database_url) as session:  # leave nothing runnable behind
+    with database(service_settings).session() as session:  # leave nothing runnable behind
         session.execute(text("UPDATE jobs SET status='cancelled', finished_at=now() WHERE id=:id"), {"id": job_id})
 
 
@@ -134,7 +140,6 @@ def test_redis_restart_mid_job_loses_no_metric_from_the_history(service_settings
     worker = start_worker("worker-redis", HCD_REDIS_URL=own_redis["url"])
     spec = tiny_spec("ce", **LONG)
     job_id = insert_job(settings, spec)
-    assert publish_job(settings, job_id)
     wait_for_progress(settings, job_id, min_epoch=1, timeout=90, workers=[worker])
     own_redis["kill"]()
     time.sleep(2.0)  # training goes on without Redis
@@ -144,7 +149,7 @@ def test_redis_restart_mid_job_loses_no_metric_from_the_history(service_settings
     job = wait_for_status(settings, job_id, ("succeeded", "failed"), 120, [worker])
     assert job.status == "succeeded", (job.error_code, job.error_message)
     assert job.attempt == 1
-    with session_scope(settings.database_url) as session:
+    with database(settings).session() as session:
         rows = session.execute(select(MetricPoint.name, MetricPoint.step).where(MetricPoint.job_id == job.id)).all()
     total = LONG["epochs"] * LONG["steps"]
     loss_steps = sorted(step for name, step in rows if name == "loss")

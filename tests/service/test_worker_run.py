@@ -6,28 +6,32 @@ import hashlib
 import json
 
 from sqlalchemy import select
-
-from api.db import session_scope
-from api.tables import Artifact, MetricPoint
-from worker.publish import publish_job
-from worker.streams import redis_client, stream_key
 from worker_fixtures import get_job, insert_job, job_events, tiny_spec, wait_for_status, wait_until
 
+from jobs.db import database
+from jobs.storage import LocalStore
+from jobs.streams import redis_client, stream_key
+from jobs.tables import Artifact, MetricPoint
+from worker.celery_app import CeleryQueue
 
-def test_published_job_runs_to_success_with_metrics_and_artifacts(service_settings, start_worker):
+
+def test_committed_job_runs_to_success_with_metrics_and_artifacts(service_settings, start_worker):
     worker = start_worker()
-    job_id = insert_job(service_settings, tiny_spec("ce", epochs=2, steps=5))
-    assert publish_job(service_settings, job_id) is True
-    assert get_job(service_settings, job_id).published_at is not None
+    job_id = insert_job(service_settings, tiny_spec("ce", epochs=2, steps=5))  # the worker's relay publishes it
 
     job = wait_for_status(service_settings, job_id, ("succeeded", "failed"), 90, [worker])
     assert job.status == "succeeded", (job.error_code, job.error_message)
     assert job.attempt == 1 and job.finished_at is not None and job.lease_expires_at is None
-    assert job.progress == {"epoch": 1, "epochs": 2, "step": 10, "total_steps": 10}
+    assert job.published_at is not None
+    # A finished job shows no phase and its whole progress.
+    assert job.phase is None
+    assert job.progress == {"epoch": 2, "epochs": 2, "step": 10, "total_steps": 10}
+    # Its checkpoint is gone (HCD_KEEP_CHECKPOINTS is off): only the exported files stay.
+    assert not (LocalStore(service_settings.data_dir).checkpoints / job_id).exists()
     assert set(job.result) >= {"final_metrics", "best_metrics"}
     assert "val_top1" in job.result["final_metrics"] and "val_top1" in job.latest_metrics
 
-    with session_scope(service_settings.database_url) as session:
+    with database(service_settings).session() as session:
         points = session.execute(select(MetricPoint).where(MetricPoint.job_id == job.id)).scalars().all()
         artifacts = {a.name: a for a in session.execute(select(Artifact).where(Artifact.job_id == job.id)).scalars()}
     loss_steps = sorted(p.step for p in points if p.name == "loss")
@@ -36,9 +40,9 @@ def test_published_job_runs_to_success_with_metrics_and_artifacts(service_settin
 
     assert {"student.safetensors", "model_card.json"} <= set(artifacts)
     for art in artifacts.values():
-        data = (service_settings.artifacts_dir / art.path).read_bytes()
+        data = (LocalStore(service_settings.data_dir).artifacts / art.path).read_bytes()
         assert hashlib.sha256(data).hexdigest() == art.sha256 and len(data) == art.size
-    card = json.loads((service_settings.artifacts_dir / artifacts["model_card.json"].path).read_text())
+    card = json.loads((LocalStore(service_settings.data_dir).artifacts / artifacts["model_card.json"].path).read_text())
     assert card["student_sha256"] == artifacts["student.safetensors"].sha256
 
     kinds = [(e.type, e.data.get("status") or e.data.get("phase")) for e in job_events(service_settings, job_id)]
@@ -54,8 +58,8 @@ def test_published_job_runs_to_success_with_metrics_and_artifacts(service_settin
 
 def test_duplicate_delivery_is_a_no_op(service_settings, start_worker):
     worker = start_worker()
-    job_id = insert_job(service_settings, tiny_spec("ce", epochs=1, steps=2))
-    assert publish_job(service_settings, job_id) and publish_job(service_settings, job_id)
+    job_id = insert_job(service_settings, tiny_spec("ce", epochs=1, steps=2))  # published by the relay
+    CeleryQueue(service_settings).send(job_id)  # and once more: a duplicate delivery
     job = wait_for_status(service_settings, job_id, ("succeeded", "failed"), 90, [worker])
     assert job.status == "succeeded"
     # The second message is taken once the first attempt's child has exited; its claim must fail.
@@ -70,15 +74,13 @@ def test_busy_worker_does_not_hoard_the_next_job(service_settings, start_worker)
 
     workers = [start_worker("worker-1"), start_worker("worker-2")]
     first = insert_job(service_settings, tiny_spec("ce", epochs=30, steps=10))
-    assert publish_job(service_settings, first)
     wait_until(lambda: get_job(service_settings, first).status == "running", 30, 0.1, "the first job to start")
     second = insert_job(service_settings, tiny_spec("ce", epochs=1, steps=2))
-    assert publish_job(service_settings, second)
-    # Well within the publish grace: no sweep re-publish can be what starts it.
+    # Well within the publish grace: the relay's publish on commit, not a resend, starts it.
     wait_until(lambda: get_job(service_settings, second).status != "queued", 1.5, 0.05, "the idle worker")
     assert get_job(service_settings, first).status == "running"
     assert get_job(service_settings, first).worker_id != get_job(service_settings, second).worker_id
-    with session_scope(service_settings.database_url) as session:
+    with database(service_settings).session() as session:
         from sqlalchemy import text
 
         session.execute(text("UPDATE jobs SET status='cancelling', cancel_requested=true WHERE id=:id"), {"id": first})
@@ -91,17 +93,16 @@ def test_runtime_cap_and_bad_teacher_end_failed_with_stable_codes(service_settin
 
     worker = start_worker()
     capped = insert_job(service_settings, tiny_spec("ce", epochs=200, steps=10), runtime_limit=3)
-    missing_teacher = insert_job(service_settings, tiny_spec(
-        "hcd", arch="test_vit", teacher={"arch": "test_resnet", "weights": {"source": "job", "job_id": str(_uuid.uuid4())}}))
-    assert publish_job(service_settings, capped) and publish_job(service_settings, missing_teacher)
+    teacher = {"arch": "test_resnet", "weights": {"source": "job", "job_id": str(_uuid.uuid4())}}
+    missing_teacher = insert_job(service_settings, tiny_spec("hcd", arch="test_vit", teacher=teacher))
 
     job = wait_for_status(service_settings, capped, ("succeeded", "failed", "cancelled"), 60, [worker])
     assert (job.status, job.error_code) == ("failed", "runtime_limit"), job.error_message
     assert job.progress["step"] < 2000
-    assert (service_settings.checkpoints_dir / capped / "checkpoint.pt").is_file()
+    assert (LocalStore(service_settings.data_dir).checkpoints / capped / "checkpoint.pt").is_file()
 
     job = wait_for_status(service_settings, missing_teacher, ("succeeded", "failed"), 60, [worker])
     assert (job.status, job.error_code) == ("failed", "invalid_teacher")
-    assert "not found" in job.error_message
+    assert job.error_message == "teacher.weights.job_id: no such job of yours"
     last = job_events(service_settings, missing_teacher)[-1]
     assert last.data["status"] == "failed" and last.data["error_code"] == "invalid_teacher"

@@ -1,90 +1,143 @@
-"""The sweep against real Postgres and Redis: lost publishes, expired leases, attempt fencing."""
+"""Housekeeping against real Postgres and Redis: the outbox relay, expired leases, attempt fencing."""
 
 from __future__ import annotations
 
 import time
 
+import pytest
 from sqlalchemy import text
-
-from api.db import session_scope
-from worker.jobs_db import fenced_update
-from worker.sweep import sweep_once
-from worker.tasks import claim_job
 from worker_fixtures import get_job, insert_job, job_events, tiny_spec, wait_for_status
+
+from jobs.db import database
+from jobs.errors import FenceLost
+from jobs.outbox import Housekeeper
+from jobs.repository import JobRepository
+from jobs.settings import Settings
+from jobs.status import JobPhase
+from worker.celery_app import CeleryQueue
 
 
 def _expire_lease(settings, job_id: str) -> None:
-    with session_scope(settings.database_url) as session:
+    with database(settings).session() as session:
         session.execute(text("UPDATE jobs SET lease_expires_at = now() - interval '1 second' WHERE id = :id"),
                         {"id": job_id})
 
 
 def _cancel(settings, job_id: str) -> None:
     """Leave no runnable job behind for the workers of later tests."""
-    with session_scope(settings.database_url) as session:
+    with database(settings).session() as session:
         session.execute(text("UPDATE jobs SET status='cancelled', finished_at=now() WHERE id=:id"), {"id": job_id})
 
 
-def test_unpublished_job_is_republished_once_while_its_message_waits(service_settings):
-    job_id = insert_job(service_settings, tiny_spec())
+@pytest.fixture
+def repo(service_settings) -> JobRepository:
+    return JobRepository(database(service_settings))
+
+
+@pytest.fixture
+def housekeeper(service_settings, repo) -> Housekeeper:
+    keeper = Housekeeper(service_settings, repo, CeleryQueue(service_settings))
+    keeper._healthy_since = time.monotonic() - service_settings.lease_seconds  # as if up for a lease already
+    return keeper
+
+
+def _messages_for(settings, job_id: str) -> int:
+    import json
+
+    from jobs.streams import redis_client
+
+    messages = redis_client(settings).lrange(settings.queue_name, 0, -1)
+    return sum(json.loads(m)["headers"]["id"] == job_id for m in messages)
+
+
+def test_relay_publishes_once_and_resends_only_a_lost_message(service_settings, housekeeper):
+    job_id = insert_job(service_settings, tiny_spec())  # no worker runs: nobody heard its NOTIFY
     try:
-        assert sweep_once(service_settings)["republished"] == 0  # still within the publish grace
-        time.sleep(service_settings.publish_grace_seconds + 0.2)
-        assert sweep_once(service_settings)["republished"] == 1
+        assert get_job(service_settings, job_id).published_at is None
+        assert housekeeper.relay() >= 1
         assert get_job(service_settings, job_id).published_at is not None
+        assert _messages_for(service_settings, job_id) == 1
+        housekeeper.relay()
+        housekeeper.resend_lost()  # within the publish grace: nothing to resend
+        assert _messages_for(service_settings, job_id) == 1
         time.sleep(service_settings.publish_grace_seconds + 0.2)
-        # Its message is still waiting in the broker queue: no twin is sent.
-        assert sweep_once(service_settings)["republished"] == 0
+        housekeeper.resend_lost()  # its message still waits in the broker queue: no twin
+        assert _messages_for(service_settings, job_id) == 1
+        from jobs.streams import redis_client
+
+        redis_client(service_settings).delete(service_settings.queue_name)  # Redis lost it
+        time.sleep(service_settings.publish_grace_seconds + 0.2)
+        housekeeper.resend_lost()
+        assert _messages_for(service_settings, job_id) == 1
     finally:
         _cancel(service_settings, job_id)
 
 
-def test_expired_lease_requeues_then_fails_with_worker_lost(service_settings):
+def test_expired_lease_requeues_then_fails_with_worker_lost(service_settings, repo, housekeeper):
     job_id = insert_job(service_settings, tiny_spec(), max_attempts=2, published=True)
     try:
-        first = claim_job(service_settings, job_id, "dead-worker-1")
+        first = repo.claim(job_id, "dead-worker-1", service_settings.lease_seconds)
         assert first == 1
-        assert claim_job(service_settings, job_id, "other") is None  # the CAS admits one claimer
+        assert repo.claim(job_id, "other", service_settings.lease_seconds) is None  # the CAS admits one claimer
         _expire_lease(service_settings, job_id)
-        counts = sweep_once(service_settings)
-        assert counts["requeued"] == 1 and counts["republished"] >= 1
+        counts = housekeeper.sweep()
+        assert counts["requeued"] == 1 and counts["published"] >= 1
         job = get_job(service_settings, job_id)
         assert job.status == "queued" and job.worker_id is None and job.published_at is not None
 
         # The stale attempt is fenced out of every write.
-        with session_scope(service_settings.database_url) as session:
-            assert fenced_update(session, job_id, first, {"phase": "training"}) is None
+        with pytest.raises(FenceLost):
+            repo.set_phase(job_id, first, JobPhase.TRAINING)
+        assert repo.renew_lease(job_id, first, 30) is None
 
-        second = claim_job(service_settings, job_id, "dead-worker-2")
+        second = repo.claim(job_id, "dead-worker-2", service_settings.lease_seconds)
         assert second == 2
-        with session_scope(service_settings.database_url) as session:
-            assert fenced_update(session, job_id, first, {"phase": "training"}) is None
-            assert fenced_update(session, job_id, second, {"phase": "training"}) is not None
+        with pytest.raises(FenceLost):
+            repo.set_phase(job_id, first, JobPhase.TRAINING)
+        repo.set_phase(job_id, second, JobPhase.TRAINING)
+        assert not repo.is_owner(job_id, first) and repo.is_owner(job_id, second)
         _expire_lease(service_settings, job_id)
-        assert sweep_once(service_settings)["failed"] == 1
+        assert housekeeper.sweep()["failed"] == 1
         job = get_job(service_settings, job_id)
         assert job.status == "failed" and job.error_code == "worker_lost" and job.finished_at is not None
         types = [(e.type, e.attempt, e.data.get("status")) for e in job_events(service_settings, job_id)]
         assert ("requeued", 1, "queued") in types and types[-1] == ("status", 2, "failed")
-        assert sweep_once(service_settings)["failed"] == 0  # terminal states never change
+        assert housekeeper.sweep()["failed"] == 0  # terminal states never change
     finally:
         if get_job(service_settings, job_id).status == "queued":
             _cancel(service_settings, job_id)
 
 
-def test_expired_lease_of_cancelling_job_ends_cancelled(service_settings):
+def test_expired_lease_of_cancelling_job_ends_cancelled(service_settings, repo, housekeeper):
     job_id = insert_job(service_settings, tiny_spec(), published=True)
-    assert claim_job(service_settings, job_id, "dead-worker") == 1
-    with session_scope(service_settings.database_url) as session:
+    assert repo.claim(job_id, "dead-worker", service_settings.lease_seconds) == 1
+    with database(service_settings).session() as session:
         session.execute(text("UPDATE jobs SET status='cancelling', cancel_requested=true WHERE id=:id"),
                         {"id": job_id})
     _expire_lease(service_settings, job_id)
-    assert sweep_once(service_settings)["cancelled"] == 1
+    assert housekeeper.sweep()["cancelled"] == 1
     assert get_job(service_settings, job_id).status == "cancelled"
 
 
-def test_worker_sweep_publishes_a_job_whose_publish_was_lost(service_settings, start_worker):
+def test_no_lease_is_declared_lost_until_the_database_was_seen_healthy_for_a_lease(service_settings, repo):
+    """After a database outage a live attempt gets a whole lease period to renew before the sweep acts."""
+    settings = Settings(**{**service_settings.model_dump(), "lease_seconds": 3})
+    keeper = Housekeeper(settings, repo, CeleryQueue(settings))
+    job_id = insert_job(settings, tiny_spec(), published=True)
+    try:
+        assert repo.claim(job_id, "slow-worker", settings.lease_seconds) == 1
+        _expire_lease(settings, job_id)
+        keeper._database_ok()  # the database just came back
+        assert keeper.sweep()["requeued"] == 0
+        assert get_job(settings, job_id).status == "running"
+        time.sleep(settings.lease_seconds + 0.1)
+        assert keeper.sweep()["requeued"] == 1
+    finally:
+        _cancel(settings, job_id)
+
+
+def test_worker_relay_publishes_a_job_committed_while_no_worker_ran(service_settings, start_worker):
+    job_id = insert_job(service_settings, tiny_spec("ce", epochs=1, steps=2))  # its NOTIFY reached nobody
     worker = start_worker()
-    job_id = insert_job(service_settings, tiny_spec("ce", epochs=1, steps=2))  # committed, never published
     job = wait_for_status(service_settings, job_id, ("succeeded", "failed"), 90, [worker])
     assert job.status == "succeeded" and job.attempt == 1 and job.published_at is not None

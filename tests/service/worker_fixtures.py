@@ -19,8 +19,8 @@ import httpx
 import pytest
 from sqlalchemy import select, text
 
-from api.db import session_scope
-from api.tables import Job, JobEvent
+from jobs.db import database
+from jobs.tables import Job, JobEvent
 
 HCD = [sys.executable, "-m", "hcd_cli.main"]
 
@@ -142,29 +142,30 @@ def tiny_spec(method: str = "ce", *, arch: str = "test_resnet", epochs: int = 2,
 
 def insert_job(settings, spec: dict, *, owner: str | None = None, published: bool = False,
                max_attempts: int | None = None, runtime_limit: int = 3600) -> str:
-    """A queued job row as the API would commit it (spec resolved), without publishing."""
+    """A queued job committed by the repository as the API would (spec resolved; the workers' relay is
+    woken and publishes it). `published=True` marks it published (for tests that run no worker)."""
     from hcd_core.spec import JobSpec
+    from jobs.repository import JobRepository, NewJob
 
     resolved = JobSpec.model_validate(spec).resolved().model_dump(mode="json")
-    job_id = uuid.uuid4()
-    with session_scope(settings.database_url) as session:
-        session.add(Job(id=job_id, owner=owner or f"worker-test-{uuid.uuid4().hex[:6]}", status="queued",
-                        spec=resolved, max_attempts=max_attempts or settings.max_attempts,
-                        runtime_limit_seconds=runtime_limit))
-        session.flush()
-        session.add(JobEvent(job_id=job_id, attempt=0, type="status", data={"status": "queued"}))
-        if published:
-            session.execute(text("UPDATE jobs SET published_at = now() WHERE id = :id"), {"id": job_id})
-    return str(job_id)
+    new = NewJob(owner=owner or f"worker-test-{uuid.uuid4().hex[:6]}", spec=resolved, metadata={},
+                 request_hash="test")
+    job = JobRepository(database(settings)).create(
+        new, max_attempts=max_attempts or settings.max_attempts, runtime_limit_seconds=runtime_limit,
+        active_cap=1_000_000)
+    if published:
+        with database(settings).session() as session:
+            session.execute(text("UPDATE jobs SET published_at = now() WHERE id = :id"), {"id": job["id"]})
+    return str(job["id"])
 
 
 def get_job(settings, job_id: str) -> Job:
-    with session_scope(settings.database_url) as session:
+    with database(settings).session() as session:
         return session.execute(select(Job).where(Job.id == uuid.UUID(job_id))).scalar_one()
 
 
 def job_events(settings, job_id: str) -> list[JobEvent]:
-    with session_scope(settings.database_url) as session:
+    with database(settings).session() as session:
         return list(session.execute(
             select(JobEvent).where(JobEvent.job_id == uuid.UUID(job_id)).order_by(JobEvent.id)
         ).scalars())

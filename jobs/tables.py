@@ -1,22 +1,31 @@
 """Postgres schema (SQLAlchemy 2). Postgres is the source of truth for jobs; Celery only delivers.
 
-Schema changes go through Alembic (migrations/); never `create_all` in production code.
+Schema changes go through Alembic (migrations/); never `create_all` in production code. State changes
+go through jobs.repository only.
 """
 
 from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import (
-    BigInteger, Boolean, DateTime, Double, ForeignKey, Index, Integer, String, Text, func,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Double,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    func,
 )
 from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-JOB_STATUSES = ("queued", "running", "cancelling", "succeeded", "failed", "cancelled")
-ACTIVE_STATUSES = ("queued", "running", "cancelling")
-TERMINAL_STATUSES = ("succeeded", "failed", "cancelled")
+from jobs.status import ACTIVE_PREDICATE, JobStatus
 
 
 class Base(DeclarativeBase):
@@ -33,6 +42,8 @@ class ApiKey(Base):
     owner: Mapped[str] = mapped_column(String(128), nullable=False, index=True)
     key_hash: Mapped[str] = mapped_column(String(64), nullable=False, unique=True)  # sha256 hex
     prefix: Mapped[str] = mapped_column(String(16), nullable=False)  # first chars, for display
+    # The key of HCD_BOOTSTRAP_API_KEY: a new value revokes the previous bootstrap key.
+    bootstrap: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False, server_default="false")
     created_at: Mapped[datetime] = _now()
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
@@ -41,15 +52,19 @@ class Job(Base):
     __tablename__ = "jobs"
     id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True, default=uuid.uuid4)
     owner: Mapped[str] = mapped_column(String(128), nullable=False)
-    status: Mapped[str] = mapped_column(String(16), nullable=False, default="queued")
-    phase: Mapped[str | None] = mapped_column(String(32))  # loading, training, evaluating, exporting
+    status: Mapped[str] = mapped_column(String(16), nullable=False, default=JobStatus.QUEUED.value)  # JobStatus
+    phase: Mapped[str | None] = mapped_column(String(32))  # JobPhase while an attempt runs
     attempt: Mapped[int] = mapped_column(Integer, nullable=False, default=0)  # bumped by each claim
     max_attempts: Mapped[int] = mapped_column(Integer, nullable=False, default=3)
-    spec: Mapped[dict] = mapped_column(JSONB, nullable=False)  # resolved spec (recipe filled in)
-    job_metadata: Mapped[dict] = mapped_column("metadata", JSONB, nullable=False, default=dict)
-    progress: Mapped[dict] = mapped_column(JSONB, nullable=False, default=dict)  # epoch, step, total_steps
-    latest_metrics: Mapped[dict] = mapped_column(JSONB, nullable=False, default=dict)
-    result: Mapped[dict | None] = mapped_column(JSONB)  # final and best metrics
+    spec: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False)  # resolved spec (recipe filled in)
+    # The teacher this job distils from, when it is a job or an uploaded model of the service:
+    # neither can be deleted while this job is active.
+    teacher_job_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
+    teacher_model_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
+    job_metadata: Mapped[dict[str, Any]] = mapped_column("metadata", JSONB, nullable=False, default=dict)
+    progress: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False, default=dict)  # epoch, step, total_steps
+    latest_metrics: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False, default=dict)
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSONB)  # final and best metrics
     error_code: Mapped[str | None] = mapped_column(String(64))
     error_message: Mapped[str | None] = mapped_column(Text)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
@@ -70,10 +85,9 @@ class Job(Base):
         Index("ix_jobs_owner_created", "owner", "created_at", "id"),
         Index("ix_jobs_status", "status"),
         # The per-owner active-job cap counts these rows on every submit.
-        Index(
-            "ix_jobs_owner_active", "owner",
-            postgresql_where="status IN ('queued', 'running', 'cancelling')",
-        ),
+        Index("ix_jobs_owner_active", "owner", postgresql_where=ACTIVE_PREDICATE),
+        Index("ix_jobs_teacher_job", "teacher_job_id", postgresql_where="teacher_job_id IS NOT NULL"),
+        Index("ix_jobs_teacher_model", "teacher_model_id", postgresql_where="teacher_model_id IS NOT NULL"),
         Index(
             "uq_jobs_owner_idempotency", "owner", "idempotency_key", unique=True,
             postgresql_where="idempotency_key IS NOT NULL",
@@ -92,7 +106,7 @@ class JobEvent(Base):
     ts: Mapped[datetime] = _now()
     type: Mapped[str] = mapped_column(String(64), nullable=False)  # e.g. status, phase, requeued
     attempt: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
-    data: Mapped[dict] = mapped_column(JSONB, nullable=False, default=dict)
+    data: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False, default=dict)
 
 
 class MetricPoint(Base):
@@ -115,7 +129,7 @@ class Artifact(Base):
         UUID(as_uuid=True), ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True
     )
     name: Mapped[str] = mapped_column(String(128), primary_key=True)  # student.safetensors, ...
-    path: Mapped[str] = mapped_column(Text, nullable=False)  # relative to settings.artifacts_dir
+    path: Mapped[str] = mapped_column(Text, nullable=False)  # a key of the artifact store
     size: Mapped[int] = mapped_column(BigInteger, nullable=False)
     sha256: Mapped[str] = mapped_column(String(64), nullable=False)
     media_type: Mapped[str] = mapped_column(String(128), nullable=False)
@@ -131,10 +145,10 @@ class UploadedModel(Base):
     arch: Mapped[str] = mapped_column(String(128), nullable=False)
     num_classes: Mapped[int] = mapped_column(Integer, nullable=False)
     image_size: Mapped[int | None] = mapped_column(Integer)
-    mean: Mapped[list | None] = mapped_column(JSONB)
-    std: Mapped[list | None] = mapped_column(JSONB)
+    mean: Mapped[list[float] | None] = mapped_column(JSONB)
+    std: Mapped[list[float] | None] = mapped_column(JSONB)
     filename: Mapped[str] = mapped_column(String(255), nullable=False)
-    path: Mapped[str] = mapped_column(Text, nullable=False)  # relative to settings.uploads_dir
+    path: Mapped[str] = mapped_column(Text, nullable=False)  # a key of the artifact store
     size: Mapped[int] = mapped_column(BigInteger, nullable=False)
     sha256: Mapped[str] = mapped_column(String(64), nullable=False)
     created_at: Mapped[datetime] = _now()

@@ -1,0 +1,167 @@
+"""`POST /jobs`: the request body checked field by field, then handed to the repository.
+
+The spec is validated by the engine's own schema (hcd_core.spec), then against the service's rules:
+dataset roots stay inside the datasets directory, the job's estimated memory fits the host budget,
+and the teacher is a succeeded job or an uploaded model of the same owner (jobs.teachers).
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from api.problems import ProblemError, pydantic_errors
+from hcd_core.hashing import sha256_json
+from hcd_core.resources import estimate_memory
+from hcd_core.spec import JobSpec
+from jobs.errors import InvalidInput
+from jobs.jsonutil import all_strings_storable
+from jobs.repository import JobRepository, NewJob
+from jobs.settings import Settings
+from jobs.storage import ArtifactStore
+from jobs.teachers import resolve_teacher
+
+MAX_METADATA_KEYS = 32
+MAX_METADATA_KEY_LEN = 64
+MAX_METADATA_VALUE_LEN = 512
+_GB = 1024**3
+
+
+def parse_uuid(value: str, what: str = "job") -> uuid.UUID:
+    """A path id; anything that is not a UUID names no resource, so it is a 404."""
+    try:
+        return uuid.UUID(value)
+    except (ValueError, TypeError, AttributeError):
+        raise ProblemError(404, "not_found", f"{what} not found") from None
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def parse_json_body(raw: bytes) -> Any:
+    try:
+        body = json.loads(raw, parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as err:  # JSONDecodeError, huge ints, NaN, deep nesting
+        msg = str(err)[:200] if not isinstance(err, RecursionError) else "nested too deeply"
+        raise ProblemError(400, "invalid_json", f"request body is not valid JSON: {msg}") from None
+    # Such characters can only arrive as \u escapes; only then is the walk needed.
+    if b"\\u" in raw and not all_strings_storable(body):
+        raise ProblemError(400, "invalid_json", "strings must be valid Unicode without NUL (\\u0000) characters")
+    return body
+
+
+def _check_metadata(metadata: Any) -> dict[str, str]:
+    errors = []
+    if not isinstance(metadata, dict):
+        raise ProblemError(422, "validation_error", "metadata must be an object of strings",
+                           errors=[{"loc": "metadata", "msg": "must be an object of string values"}])
+    if len(metadata) > MAX_METADATA_KEYS:
+        errors.append({"loc": "metadata", "msg": f"at most {MAX_METADATA_KEYS} keys"})
+    for key, value in metadata.items():
+        if not (1 <= len(key) <= MAX_METADATA_KEY_LEN):
+            errors.append({"loc": f"metadata.{key[:64]}", "msg": f"keys are 1..{MAX_METADATA_KEY_LEN} characters"})
+        if not isinstance(value, str) or len(value) > MAX_METADATA_VALUE_LEN:
+            errors.append({"loc": f"metadata.{key[:64]}",
+                           "msg": f"values are strings of at most {MAX_METADATA_VALUE_LEN} characters"})
+    if errors:
+        raise ProblemError(422, "validation_error", "invalid metadata", errors=errors)
+    return metadata
+
+
+def parse_submission(body: Any) -> tuple[JobSpec, dict[str, str]]:
+    """The body's spec (validated by the engine's schema) and metadata."""
+    if not isinstance(body, dict):
+        raise ProblemError(422, "validation_error", 'body must be an object {"spec": {...}, "metadata": {...}}',
+                           errors=[{"loc": "body", "msg": "must be a JSON object"}])
+    unknown = sorted(set(body) - {"spec", "metadata"})
+    if unknown or "spec" not in body:
+        errors = [{"loc": k, "msg": "unknown field (the spec goes under 'spec')"} for k in unknown]
+        if "spec" not in body:
+            errors.append({"loc": "spec", "msg": "field required"})
+        raise ProblemError(422, "validation_error", 'body must be {"spec": {...}, "metadata": {...}}', errors=errors)
+    metadata = _check_metadata(body.get("metadata") or {})
+    raw_spec = body["spec"]
+    try:
+        spec = JobSpec.model_validate(raw_spec)
+    except ValidationError as err:
+        errors = pydantic_errors(err.errors(include_url=False), raw_spec)
+        names = ", ".join(dict.fromkeys(e["loc"] or "spec" for e in errors))
+        raise ProblemError(422, "invalid_spec", f"invalid spec: {names}", errors=errors) from None
+    return spec, metadata
+
+
+def _spec_error(loc: str, msg: str) -> InvalidInput:
+    return InvalidInput(f"invalid spec: {loc}: {msg}", errors=[{"loc": loc, "msg": msg}])
+
+
+def check_dataset_root(spec: JobSpec, settings: Settings) -> None:
+    root = spec.dataset.root
+    if root is None:
+        return
+    if "\x00" in root:
+        raise _spec_error("dataset.root", "invalid path")
+    base = settings.datasets_dir.resolve()
+    candidate = Path(root)
+    path = (candidate if candidate.is_absolute() else base / candidate).resolve()
+    if path != base and base not in path.parents:
+        raise _spec_error("dataset.root", "must be a path inside the server's datasets directory "
+                                          "(relative paths are taken from there)")
+
+
+def check_memory(spec: JobSpec, settings: Settings) -> None:
+    """Refuse a job whose data and batches alone would need more host memory than the budget."""
+    estimate = estimate_memory(spec)
+    budget = settings.max_job_memory_gb * _GB
+    if estimate.total_bytes <= budget:
+        return
+    errors = []
+    for part in sorted(estimate.parts, key=lambda p: -p.bytes):
+        msg = (f"{part.name} needs about {part.bytes / _GB:.1f} GB; the job needs at least "
+               f"{estimate.total_bytes / _GB:.1f} GB, the server allows {settings.max_job_memory_gb:g} GB")
+        errors.extend({"loc": loc, "msg": msg} for loc in part.fields)
+    names = ", ".join(dict.fromkeys(e["loc"] for e in errors))
+    raise InvalidInput(f"the job would need more memory than this server allows: reduce {names}",
+                       code="job_too_large", errors=errors)
+
+
+def create_job(repo: JobRepository, store: ArtifactStore, settings: Settings, owner: str, body: Any,
+               idempotency_key: str | None) -> tuple[dict[str, Any], bool]:
+    """Validate and insert a queued job (committed). Returns (job document, replayed)."""
+    spec, metadata = parse_submission(body)  # first: only a valid body has finite numbers to hash
+    digest = sha256_json(body)
+    if idempotency_key is not None and (found := _replay(repo, owner, idempotency_key, digest)) is not None:
+        return found, True
+    check_dataset_root(spec, settings)
+    check_memory(spec, settings)
+    teacher = None
+    if spec.teacher is not None and spec.teacher.weights.source != "timm":
+        with repo.db.session() as session:
+            teacher = resolve_teacher(session, store, owner, spec)
+    new = NewJob(owner=owner, spec=spec.resolved().model_dump(mode="json"), metadata=metadata, request_hash=digest,
+                 idempotency_key=idempotency_key, teacher_job_id=teacher.job_id if teacher else None,
+                 teacher_model_id=teacher.model_id if teacher else None)
+    job = repo.create(new, max_attempts=settings.max_attempts, runtime_limit_seconds=settings.job_runtime_limit_seconds,
+                      active_cap=settings.max_active_jobs_per_owner)
+    if job is not None:
+        return job, False
+    # An Idempotency-Key conflict: a concurrent request with the same key won the race.
+    found = _replay(repo, owner, idempotency_key or "", digest)
+    if found is None:  # pragma: no cover - the winner's row must exist after the conflict
+        raise ProblemError(409, "conflict", "concurrent submission; retry")
+    return found, True
+
+
+def _replay(repo: JobRepository, owner: str, key: str, digest: str) -> dict[str, Any] | None:
+    found = repo.find_replay(owner, key)
+    if found is None:
+        return None
+    stored_hash, job = found
+    if stored_hash != digest:
+        raise ProblemError(422, "idempotency_conflict",
+                           "this Idempotency-Key was already used with a different request body")
+    return job

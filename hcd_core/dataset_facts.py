@@ -1,0 +1,22 @@
+"""Facts about the built-in datasets, defined once for the torch-free code (the spec, the memory
+estimate) and for `hcd_core.data`, which builds the datasets."""
+
+from __future__ import annotations
+
+# Classes of the datasets whose class count does not depend on the spec (imagefolder: its folders).
+FIXED_NUM_CLASSES: dict[str, int] = {"cifar10": 10, "cifar100": 100, "digits": 10}
+
+# synthetic: a learnable random task; these apply where the spec leaves a field out.
+SYNTHETIC_NUM_CLASSES = 10
+SYNTHETIC_TRAIN_SIZE = 2000
+SYNTHETIC_VAL_SIZE = 500
+SYNTHETIC_BASE_MAX = 32  # images are generated at most this large (then upscaled per batch)
+
+# sklearn's digits: 1797 grey 8x8 images, split 80/20 with a fixed seed.
+DIGITS_NUM_SAMPLES = 1797
+DIGITS_BASE_SIZE = 8
+DIGITS_TRAIN_FRACTION = 0.8
+
+# torchvision's CIFAR-10/100 hold both splits as uint8 arrays in memory.
+CIFAR_NUM_SAMPLES = 60_000
+CIFAR_IMAGE_BYTES = 32 * 32 * 3

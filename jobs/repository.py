@@ -1,0 +1,599 @@
+"""The job repository: the only place a job's state changes, and the queries the service reads with.
+
+Every state change is one transaction that checks its transition against `jobs.status.TRANSITIONS`
+(the SQL fences are derived from it), records a `job_events` row, and, once committed, is handed
+to `notify` (the live stream). Changes made by an attempt are fenced by its attempt number: a stale
+attempt changes nothing and learns it (`FenceLost` or a None result).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from psycopg.types.json import Jsonb
+from sqlalchemy import and_, delete, func, insert, literal_column, or_, select, text, tuple_, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.orm import Session
+
+from hcd_core.types import MetricPoint
+from jobs.db import Database
+from jobs.errors import FenceLost, InUse, InvalidState, LimitExceeded, NotFound
+from jobs.jsonutil import json_safe
+from jobs.status import ACTIVE, OWNED, TERMINAL, JobPhase, JobStatus, check_transition, ordered, sources, sql_in
+from jobs.storage import StoredFile
+from jobs.streams import Transition
+from jobs.tables import Artifact, Job, JobEvent, UploadedModel
+from jobs.tables import MetricPoint as MetricRow
+
+QUEUED_CHANNEL = "hcd_job_queued"  # NOTIFY'd when a job becomes queued: the outbox relay wakes at once
+METRIC_BATCH_ROWS = 2000
+_OWNED = tuple(s.value for s in ordered(OWNED))
+_ACTIVE = tuple(s.value for s in ordered(ACTIVE))
+
+# The hot paths read these columns with plain SQL, in this order (see job_document).
+JOB_COLUMNS = (
+    "id, status, phase, attempt, max_attempts, cancel_requested, progress, latest_metrics, result, "
+    "error_code, error_message, metadata, spec, runtime_limit_seconds, created_at, updated_at, "
+    "started_at, finished_at"
+)
+
+
+def job_document(row: Sequence[Any]) -> dict[str, Any]:
+    """The job as the API shows it, from a row of JOB_COLUMNS."""
+    (id_, status, phase, attempt, max_attempts, cancel_requested, progress, latest_metrics, result,
+     error_code, error_message, metadata, spec, runtime_limit_seconds, created_at, updated_at,
+     started_at, finished_at) = row
+    return {
+        "id": id_,
+        "object": "job",
+        "status": status,
+        "phase": phase,
+        "attempt": attempt,
+        "max_attempts": max_attempts,
+        "cancel_requested": cancel_requested,
+        "progress": progress or {},
+        "latest_metrics": latest_metrics or {},
+        "result": result,
+        "error": {"code": error_code, "message": error_message} if error_code else None,
+        "metadata": metadata or {},
+        "spec": spec,
+        "runtime_limit_seconds": runtime_limit_seconds,
+        "created_at": created_at,
+        "updated_at": updated_at,
+        "started_at": started_at,
+        "finished_at": finished_at,
+    }
+
+
+@dataclass(frozen=True)
+class NewJob:
+    owner: str
+    spec: dict[str, Any]  # the resolved spec
+    metadata: dict[str, str]
+    request_hash: str
+    idempotency_key: str | None = None
+    teacher_job_id: uuid.UUID | None = None
+    teacher_model_id: uuid.UUID | None = None
+
+
+@dataclass(frozen=True)
+class Lease:
+    """What a heartbeat learns: the job's status and whether its owner asked to cancel it."""
+
+    status: JobStatus
+    cancel_requested: bool
+
+
+@dataclass(frozen=True)
+class AttemptJob:
+    """What an attempt needs to know about its job."""
+
+    id: uuid.UUID
+    owner: str
+    status: JobStatus
+    attempt: int
+    spec: dict[str, Any]
+    started_at: datetime | None
+    runtime_limit_seconds: int
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How an attempt ended: succeeded, failed (with an error) or cancelled."""
+
+    status: JobStatus
+    error_code: str | None = None
+    error_message: str | None = None
+
+
+class TeacherGone(InvalidState):
+    """The teacher a submission names stopped being usable while it was being created."""
+
+    code = "teacher_not_found"
+
+
+def _lease_expiry(seconds: float) -> Any:
+    """now() + lease, computed by Postgres (one clock for every worker and the sweep)."""
+    return literal_column(f"now() + make_interval(secs => {float(seconds)})")
+
+
+def _event(job_id: uuid.UUID | str, attempt: int, type_: str, data: dict[str, Any]) -> Any:
+    return insert(JobEvent).values(job_id=uuid.UUID(str(job_id)), attempt=attempt, type=type_, data=data)
+
+
+# The per-owner active-job cap counts these rows; the CTE runs after the owner's advisory lock in the
+# same transaction, so under READ COMMITTED the count already sees any competing submission committed
+# meanwhile. A teacher job or model named by the spec is locked FOR KEY SHARE: it cannot be deleted
+# until this transaction ends, and a teacher deleted just before makes `usable` false.
+_INSERT_JOB = f"""
+WITH active AS (
+    SELECT count(*) AS n FROM jobs WHERE owner = %(owner)s AND {sql_in(ACTIVE)}
+), teacher_job AS (
+    SELECT id FROM jobs WHERE id = %(teacher_job)s AND owner = %(owner)s
+      AND status = '{JobStatus.SUCCEEDED.value}' FOR KEY SHARE
+), teacher_model AS (
+    SELECT id FROM uploaded_models WHERE id = %(teacher_model)s AND owner = %(owner)s FOR KEY SHARE
+), usable AS (
+    SELECT (CAST(%(teacher_job)s AS uuid) IS NULL OR EXISTS (SELECT 1 FROM teacher_job))
+       AND (CAST(%(teacher_model)s AS uuid) IS NULL OR EXISTS (SELECT 1 FROM teacher_model)) AS ok
+), job AS (
+    INSERT INTO jobs (id, owner, status, attempt, max_attempts, spec, metadata, progress, latest_metrics,
+                      cancel_requested, runtime_limit_seconds, idempotency_key, request_hash,
+                      teacher_job_id, teacher_model_id)
+    SELECT %(id)s, %(owner)s, '{JobStatus.QUEUED.value}', 0, %(max_attempts)s, %(spec)s, %(metadata)s,
+           '{{}}', '{{}}', false, %(runtime_limit)s, %(key)s, %(hash)s, %(teacher_job)s, %(teacher_model)s
+    FROM active, usable WHERE active.n < %(cap)s AND usable.ok
+    ON CONFLICT DO NOTHING
+    RETURNING {JOB_COLUMNS}
+), event AS (
+    INSERT INTO job_events (job_id, type, attempt, data)
+    SELECT id, 'status', 0, '{{"status": "{JobStatus.QUEUED.value}"}}'::jsonb FROM job
+)
+SELECT active.n, usable.ok, job.* FROM active CROSS JOIN usable LEFT JOIN job ON true
+"""
+_OWNER_LOCK = "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))"
+_SELECT_BY_IDEMPOTENCY_KEY = f"SELECT request_hash, {JOB_COLUMNS} FROM jobs WHERE owner = %s AND idempotency_key = %s"
+_SELECT_OWNED_JOB = f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = %s AND owner = %s"
+
+# What a user's cancel does, by status (the rest cannot be cancelled).
+_CANCEL = {JobStatus.QUEUED: JobStatus.CANCELLED, JobStatus.RUNNING: JobStatus.CANCELLING}
+for _source, _target in _CANCEL.items():
+    check_transition(_source, _target)
+_CANCEL_STATUS = "CASE " + " ".join(f"WHEN status = '{s.value}' THEN '{t.value}'" for s, t in _CANCEL.items()) + " END"
+_ENDS_AT_ONCE = sql_in(s for s, t in _CANCEL.items() if t in TERMINAL)
+_CANCEL_FINISHED_AT = f"CASE WHEN {_ENDS_AT_ONCE} THEN now() ELSE finished_at END"
+_CANCEL_PHASE = f"CASE WHEN {_ENDS_AT_ONCE} THEN NULL ELSE phase END"
+
+
+class JobRepository:
+    """Jobs, their events, metrics and artifacts in Postgres."""
+
+    def __init__(self, db: Database, *, notify: Callable[[Transition], None] | None = None):
+        self.db = db
+        self.notify = notify or (lambda change: None)
+
+    # ------------------------------------------------------------------ helpers
+    def _announce(self, changes: Iterable[Transition]) -> None:
+        for change in changes:
+            self.notify(change)
+
+    @staticmethod
+    def _fenced_update(session: Session, job_id: uuid.UUID | str, attempt: int, values: dict[str, Any],
+                       statuses: Iterable[JobStatus] = OWNED) -> Lease | None:
+        """UPDATE the job only while `attempt` owns it in one of `statuses`."""
+        row = session.execute(
+            update(Job)
+            .where(Job.id == uuid.UUID(str(job_id)), Job.attempt == attempt,
+                   Job.status.in_([s.value for s in statuses]))
+            .values(**values, updated_at=func.now())
+            .returning(Job.status, Job.cancel_requested)
+        ).first()
+        return None if row is None else Lease(JobStatus(row[0]), bool(row[1]))
+
+    # ------------------------------------------------------------------ create
+    def find_replay(self, owner: str, idempotency_key: str) -> tuple[str, dict[str, Any]] | None:
+        """(request hash, job) of the owner's job submitted with this Idempotency-Key, if any."""
+        with self.db.connection(autocommit=True) as conn:
+            row = conn.execute(_SELECT_BY_IDEMPOTENCY_KEY, (owner, idempotency_key)).fetchone()
+        return None if row is None else (row[0], job_document(row[1:]))
+
+    def create(self, new: NewJob, *, max_attempts: int, runtime_limit_seconds: int,
+               active_cap: int) -> dict[str, Any] | None:
+        """Insert a queued job (committed, relay woken) and return it; None on an Idempotency-Key conflict
+        (a concurrent request with the same key won). Raises LimitExceeded at the owner's cap and
+        TeacherGone when the named teacher stopped being usable meanwhile.
+
+        One round trip in the common case: BEGIN, owner lock, insert (job + event), NOTIFY and COMMIT
+        go out as one psycopg pipeline.
+        """
+        params = {
+            "id": uuid.uuid4(), "owner": new.owner, "max_attempts": max_attempts, "spec": Jsonb(new.spec),
+            "metadata": Jsonb(new.metadata), "runtime_limit": runtime_limit_seconds, "key": new.idempotency_key,
+            "hash": new.request_hash, "cap": active_cap,
+            "teacher_job": new.teacher_job_id, "teacher_model": new.teacher_model_id,
+        }
+        with self.db.connection() as conn:
+            with conn.pipeline():
+                conn.execute(_OWNER_LOCK, (f"hcd-owner:{new.owner}",))
+                cursor = conn.execute(_INSERT_JOB, params)
+                conn.execute(f"NOTIFY {QUEUED_CHANNEL}")
+                conn.commit()
+            row = cursor.fetchone()
+        assert row is not None  # the final SELECT always returns one row
+        active, usable, job = row[0], row[1], row[2:]
+        if job[0] is not None:
+            return job_document(job)
+        if not usable:
+            raise TeacherGone("the teacher was deleted or changed while the job was submitted",
+                              loc="teacher.weights")
+        if active >= active_cap:
+            raise LimitExceeded(
+                f"you have {active} active jobs (the limit is {active_cap}); wait for one to finish or cancel one",
+                code="too_many_active_jobs",
+            )
+        return None
+
+    # ------------------------------------------------------------------ reads (API)
+    def get(self, owner: str, job_id: uuid.UUID) -> dict[str, Any]:
+        """The owner's job, in one autocommit round trip; NotFound otherwise."""
+        with self.db.connection(autocommit=True) as conn:
+            row = conn.execute(_SELECT_OWNED_JOB, (job_id, owner)).fetchone()
+        if row is None:
+            raise NotFound("job not found")
+        return job_document(row)
+
+    def status_of(self, owner: str, job_id: uuid.UUID) -> JobStatus | None:
+        with self.db.connection(autocommit=True) as conn:
+            row = conn.execute("SELECT status FROM jobs WHERE id = %s AND owner = %s", (job_id, owner)).fetchone()
+        return None if row is None else JobStatus(row[0])
+
+    def list_jobs(self, owner: str, *, statuses: Sequence[JobStatus] = (), before: tuple[datetime, uuid.UUID] | None = None,
+             limit: int = 20) -> list[dict[str, Any]]:
+        """The owner's jobs, newest first, after the keyset position `before` (created_at, id)."""
+        sql = f"SELECT {JOB_COLUMNS} FROM jobs WHERE owner = %s"
+        args: list[Any] = [owner]
+        if statuses:
+            sql += " AND status = ANY(%s)"
+            args.append([s.value for s in statuses])
+        if before is not None:
+            sql += " AND (created_at, id) < (%s, %s)"
+            args.extend(before)
+        sql += " ORDER BY created_at DESC, id DESC LIMIT %s"
+        args.append(limit)
+        with self.db.connection(autocommit=True) as conn:
+            return [job_document(row) for row in conn.execute(sql, args).fetchall()]
+
+    def _require_owned(self, session: Session, owner: str, job_id: uuid.UUID) -> None:
+        if session.execute(select(Job.id).where(Job.id == job_id, Job.owner == owner)).first() is None:
+            raise NotFound("job not found")
+
+    def events(self, owner: str, job_id: uuid.UUID, *, after: int | None, limit: int) -> list[JobEvent]:
+        with self.db.session() as session:
+            self._require_owned(session, owner, job_id)
+            query = select(JobEvent).where(JobEvent.job_id == job_id)
+            if after is not None:
+                query = query.where(JobEvent.id > after)
+            return list(session.execute(query.order_by(JobEvent.id).limit(limit)).scalars())
+
+    def metrics(self, owner: str, job_id: uuid.UUID, *, names: Sequence[str] = (), min_step: int | None = None,
+                max_step: int | None = None, after: tuple[str, int] | None = None,
+                limit: int = 100) -> list[MetricRow]:
+        """Metric points ordered by (name, step), after the keyset position `after`."""
+        with self.db.session() as session:
+            self._require_owned(session, owner, job_id)
+            query = select(MetricRow).where(MetricRow.job_id == job_id)
+            if names:
+                query = query.where(MetricRow.name.in_(list(names)))
+            if min_step is not None:
+                query = query.where(MetricRow.step >= min_step)
+            if max_step is not None:
+                query = query.where(MetricRow.step <= max_step)
+            if after is not None:
+                query = query.where(or_(MetricRow.name > after[0],
+                                        and_(MetricRow.name == after[0], MetricRow.step > after[1])))
+            return list(session.execute(query.order_by(MetricRow.name, MetricRow.step).limit(limit)).scalars())
+
+    def artifacts(self, owner: str, job_id: uuid.UUID) -> list[Artifact]:
+        with self.db.session() as session:
+            self._require_owned(session, owner, job_id)
+            return list(session.execute(
+                select(Artifact).where(Artifact.job_id == job_id).order_by(Artifact.name)).scalars())
+
+    def artifact(self, owner: str, job_id: uuid.UUID, name: str) -> Artifact:
+        with self.db.session() as session:
+            row = session.execute(
+                select(Artifact).join(Job, Job.id == Artifact.job_id)
+                .where(Artifact.job_id == job_id, Artifact.name == name, Job.owner == owner)
+            ).scalar_one_or_none()
+        if row is None:
+            raise NotFound("artifact not found")
+        return row
+
+    # ------------------------------------------------------------------ user actions
+    def cancel(self, owner: str, job_id: uuid.UUID) -> dict[str, Any]:
+        """queued -> cancelled now; running -> cancelling (the attempt stops); cancelling stays; else 409."""
+        with self.db.session() as session:
+            row = session.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.owner == owner, Job.status.in_([s.value for s in _CANCEL]))
+                .values(status=text(_CANCEL_STATUS), finished_at=text(_CANCEL_FINISHED_AT),
+                        phase=text(_CANCEL_PHASE), cancel_requested=True, updated_at=func.now())
+                .returning(Job.status, Job.attempt)
+            ).one_or_none()
+            if row is not None:
+                session.execute(_event(job_id, row.attempt, "status",
+                                       {"status": row.status, "reason": "cancel requested by user"}))
+        if row is not None:
+            self._announce([Transition(str(job_id), JobStatus(row.status), row.attempt)])
+        job = self.get(owner, job_id)
+        if row is None and job["status"] != JobStatus.CANCELLING:
+            raise InvalidState(f"job is {job['status']}; only queued or running jobs can be cancelled")
+        return job
+
+    def delete(self, owner: str, job_id: uuid.UUID) -> None:
+        """Remove a finished job's rows (events, metrics and artifact records cascade).
+
+        Refused while the job runs, or while an active job uses it as its teacher. The row is locked
+        first, then the students are looked up in a new statement: a submission naming this teacher
+        holds a key-share lock until it commits, so it is either seen here or sees the job gone.
+        """
+        with self.db.session() as session:
+            status = session.execute(
+                select(Job.status).where(Job.id == job_id, Job.owner == owner).with_for_update()
+            ).scalar_one_or_none()
+            if status is None:
+                raise NotFound("job not found")
+            if JobStatus(status) in ACTIVE:
+                raise InvalidState(f"job is {status}; cancel it and wait until it ends before deleting")
+            self._refuse_if_teacher_in_use(session, Job.teacher_job_id == job_id, "job")
+            session.execute(delete(Job).where(Job.id == job_id))
+
+    @staticmethod
+    def _refuse_if_teacher_in_use(session: Session, condition: Any, what: str) -> None:
+        students = session.execute(
+            select(Job.id).where(condition, Job.status.in_(_ACTIVE)).order_by(Job.created_at).limit(5)
+        ).scalars().all()
+        if students:
+            ids = ", ".join(str(s) for s in students)
+            raise InUse(f"this {what} is the teacher of active jobs ({ids}); wait for them or cancel them",
+                        code="teacher_in_use")
+
+    # ------------------------------------------------------------------ uploaded models
+    def add_model(self, model: UploadedModel) -> UploadedModel:
+        with self.db.session() as session:
+            session.add(model)
+            session.flush()
+            session.refresh(model)
+        return model
+
+    def list_models(self, owner: str, *, before: tuple[datetime, uuid.UUID] | None, limit: int) -> list[UploadedModel]:
+        query = select(UploadedModel).where(UploadedModel.owner == owner)
+        if before is not None:
+            query = query.where(tuple_(UploadedModel.created_at, UploadedModel.id) < tuple_(*before))
+        with self.db.session() as session:
+            return list(session.execute(
+                query.order_by(UploadedModel.created_at.desc(), UploadedModel.id.desc()).limit(limit)).scalars())
+
+    def get_model(self, owner: str, model_id: uuid.UUID) -> UploadedModel:
+        with self.db.session() as session:
+            model = session.execute(
+                select(UploadedModel).where(UploadedModel.id == model_id, UploadedModel.owner == owner)
+            ).scalar_one_or_none()
+        if model is None:
+            raise NotFound("model not found")
+        return model
+
+    def delete_model(self, owner: str, model_id: uuid.UUID) -> str:
+        """Remove an uploaded model's row (refused while an active job uses it); returns its file's key."""
+        with self.db.session() as session:
+            key = session.execute(
+                select(UploadedModel.path).where(UploadedModel.id == model_id, UploadedModel.owner == owner)
+                .with_for_update()
+            ).scalar_one_or_none()
+            if key is None:
+                raise NotFound("model not found")
+            self._refuse_if_teacher_in_use(session, Job.teacher_model_id == model_id, "model")
+            session.execute(delete(UploadedModel).where(UploadedModel.id == model_id))
+        return key
+
+    # ------------------------------------------------------------------ an attempt's life (worker)
+    def claim(self, job_id: uuid.UUID, worker_id: str, lease_seconds: float) -> int | None:
+        """queued -> running by compare-and-set; the new attempt number, or None (taken, cancelled, gone)."""
+        with self.db.session() as session:
+            attempt = session.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.status.in_([s.value for s in sources(JobStatus.RUNNING)]))
+                .values(status=JobStatus.RUNNING.value, attempt=Job.attempt + 1, worker_id=worker_id, phase=None,
+                        progress={}, lease_expires_at=_lease_expiry(lease_seconds), cancel_requested=False,
+                        started_at=func.coalesce(Job.started_at, func.now()), updated_at=func.now())
+                .returning(Job.attempt)
+            ).scalar_one_or_none()
+            if attempt is None:
+                return None
+            session.execute(_event(job_id, attempt, "status", {"status": JobStatus.RUNNING.value,
+                                                               "worker_id": worker_id}))
+        self._announce([Transition(str(job_id), JobStatus.RUNNING, attempt)])
+        return int(attempt)
+
+    def load_attempt(self, job_id: uuid.UUID) -> AttemptJob | None:
+        with self.db.session() as session:
+            job = session.execute(select(Job).where(Job.id == job_id)).scalar_one_or_none()
+        if job is None:
+            return None
+        return AttemptJob(job.id, job.owner, JobStatus(job.status), job.attempt, job.spec, job.started_at,
+                          job.runtime_limit_seconds)
+
+    def renew_lease(self, job_id: uuid.UUID | str, attempt: int, lease_seconds: float) -> Lease | None:
+        """The heartbeat: extend the lease and read the cancel flag; None once the attempt lost the job."""
+        with self.db.session() as session:
+            return self._fenced_update(session, job_id, attempt, {"lease_expires_at": _lease_expiry(lease_seconds)})
+
+    def is_owner(self, job_id: uuid.UUID | str, attempt: int) -> bool:
+        """Whether `attempt` still owns the job (the fence checked before a checkpoint is renamed)."""
+        with self.db.connection(autocommit=True) as conn:
+            row = conn.execute("SELECT 1 FROM jobs WHERE id = %s AND attempt = %s AND status = ANY(%s)",
+                               (uuid.UUID(str(job_id)), attempt, list(_OWNED))).fetchone()
+        return row is not None
+
+    def set_phase(self, job_id: uuid.UUID | str, attempt: int, phase: JobPhase) -> None:
+        """Record the attempt's phase (and an event); raises FenceLost."""
+        with self.db.session() as session:
+            lease = self._fenced_update(session, job_id, attempt, {"phase": phase.value})
+            if lease is None:
+                raise FenceLost(f"job {job_id} is no longer owned by attempt {attempt}")
+            session.execute(_event(job_id, attempt, "phase", {"phase": phase.value}))
+        self._announce([Transition(str(job_id), lease.status, attempt, phase.value)])
+
+    def add_event(self, job_id: uuid.UUID | str, attempt: int, type_: str, data: dict[str, Any]) -> None:
+        """A notable event that changes no state (e.g. `resumed` from a checkpoint)."""
+        with self.db.session() as session:
+            session.execute(_event(job_id, attempt, type_, data))
+
+    def write_progress(self, job_id: uuid.UUID | str, attempt: int, *, points: Sequence[MetricPoint],
+                       latest_metrics: dict[str, float], progress: dict[str, Any] | None) -> None:
+        """Metric points (idempotent per (name, step)) and the job's progress, in one fenced transaction."""
+        values: dict[str, Any] = {"latest_metrics": json_safe(latest_metrics)}
+        if progress is not None:
+            values["progress"] = progress
+        with self.db.session() as session:
+            if self._fenced_update(session, job_id, attempt, values) is None:
+                raise FenceLost(f"job {job_id} is no longer owned by attempt {attempt}")
+            rows = [{"job_id": uuid.UUID(str(job_id)), "name": p.name, "step": int(p.step), "value": float(p.value),
+                     "epoch": int(p.epoch), "ts": datetime.fromtimestamp(float(p.ts), tz=timezone.utc)}
+                    for p in points]
+            for start in range(0, len(rows), METRIC_BATCH_ROWS):
+                session.execute(
+                    pg_insert(MetricRow).on_conflict_do_nothing(index_elements=["job_id", "name", "step"]),
+                    rows[start:start + METRIC_BATCH_ROWS],
+                )
+
+    def finish(self, job_id: uuid.UUID | str, attempt: int, outcome: Outcome, *,
+               result: dict[str, Any] | None = None, files: Sequence[StoredFile] = (),
+               progress: dict[str, Any] | None = None) -> bool:
+        """The attempt's end: succeeded, failed or cancelled (with its files); False when fenced out."""
+        target = outcome.status
+        values: dict[str, Any] = {"status": target.value, "phase": None, "lease_expires_at": None,
+                                  "finished_at": func.now()}
+        data: dict[str, Any] = {"status": target.value}
+        if outcome.error_code:
+            values.update(error_code=outcome.error_code, error_message=outcome.error_message)
+            data.update(error_code=outcome.error_code, error_message=outcome.error_message)
+        if result is not None:
+            values["result"] = json_safe(result)
+        if progress is not None:
+            values["progress"] = progress
+        with self.db.session() as session:
+            if self._fenced_update(session, job_id, attempt, values, OWNED & sources(target)) is None:
+                session.rollback()
+                return False
+            if files:
+                stmt = pg_insert(Artifact).values([
+                    {"job_id": uuid.UUID(str(job_id)), "name": f.name, "path": f.key, "size": f.size,
+                     "sha256": f.sha256, "media_type": f.media_type} for f in files])
+                session.execute(stmt.on_conflict_do_update(
+                    index_elements=["job_id", "name"],
+                    set_={c: stmt.excluded[c] for c in ("path", "size", "sha256", "media_type")}))
+            session.execute(_event(job_id, attempt, "status", data))
+        self._announce([Transition(str(job_id), target, attempt)])
+        return True
+
+    def hand_back(self, job_id: uuid.UUID | str, attempt: int, *, reason: str,
+                  error: tuple[str, str] | None = None) -> JobStatus | None:
+        """The attempt gives the job up: back to the queue (a cancelling job ends cancelled).
+
+        With `error` (code, message) the lost attempt counts like a lost worker: once the job used all
+        its attempts it fails with that error instead. None when the attempt no longer owns the job.
+        """
+        with self.db.session() as session:
+            row = session.execute(
+                select(Job.status, Job.max_attempts)
+                .where(Job.id == uuid.UUID(str(job_id)), Job.attempt == attempt, Job.status.in_(_OWNED))
+                .with_for_update()
+            ).one_or_none()
+            if row is None:
+                return None
+            change = self._give_up(session, uuid.UUID(str(job_id)), JobStatus(row.status), attempt, row.max_attempts,
+                                   reason=reason, error=error)
+        self._announce([change])
+        return change.status
+
+    @staticmethod
+    def _give_up(session: Session, job_id: uuid.UUID, status: JobStatus, attempt: int, max_attempts: int, *,
+                 reason: str, error: tuple[str, str] | None) -> Transition:
+        """The transition of a job whose attempt ended without finishing (row locked by the caller)."""
+        if status == JobStatus.CANCELLING:
+            target = JobStatus.CANCELLED
+        elif error is not None and attempt >= max_attempts:
+            target = JobStatus.FAILED
+        else:
+            target = JobStatus.QUEUED
+        check_transition(status, target)
+        values: dict[str, Any] = {"status": target.value, "phase": None, "lease_expires_at": None,
+                                  "worker_id": None, "updated_at": func.now()}
+        data: dict[str, Any] = {"status": target.value, "reason": reason}
+        if target == JobStatus.QUEUED:
+            values.update(cancel_requested=False, published_at=None)
+            data["attempts_used"] = attempt
+            session.execute(_event(job_id, attempt, "requeued", data))
+            session.execute(text(f"NOTIFY {QUEUED_CHANNEL}"))
+        else:
+            values["finished_at"] = func.now()
+            if target == JobStatus.FAILED and error is not None:
+                values.update(error_code=error[0], error_message=error[1])
+                data.update(error_code=error[0], error_message=error[1])
+            session.execute(_event(job_id, attempt, "status", data))
+        session.execute(update(Job).where(Job.id == job_id).values(**values))
+        return Transition(str(job_id), target, attempt)
+
+    # ------------------------------------------------------------------ housekeeping (every worker)
+    def requeue_expired(self, *, limit: int = 200) -> list[Transition]:
+        """Jobs whose lease expired lost their worker: re-queued while attempts remain, else failed
+        `worker_lost` (a cancelling one ends cancelled). Rows are taken with SKIP LOCKED."""
+        with self.db.session() as session:
+            rows = session.execute(
+                select(Job.id, Job.status, Job.attempt, Job.max_attempts)
+                .where(Job.status.in_(_OWNED), Job.lease_expires_at < func.now())
+                .order_by(Job.lease_expires_at).limit(limit).with_for_update(skip_locked=True)
+            ).all()
+            changes = []
+            for job_id, status, attempt, max_attempts in rows:
+                message = f"the worker stopped renewing its lease; {attempt} of {max_attempts} attempts used"
+                changes.append(self._give_up(session, job_id, JobStatus(status), attempt, max_attempts,
+                                             reason="lease_expired", error=("worker_lost", message)))
+        self._announce(changes)
+        return changes
+
+    def take_unpublished(self, *, limit: int = 200) -> list[str]:
+        """Queued jobs never handed to the queue, marked published now (so no other relay takes them)."""
+        with self.db.session() as session:
+            ids = session.execute(text(
+                "UPDATE jobs SET published_at = now() WHERE id IN ("
+                f" SELECT id FROM jobs WHERE status = '{JobStatus.QUEUED.value}' AND published_at IS NULL"
+                " ORDER BY created_at LIMIT :n FOR UPDATE SKIP LOCKED) RETURNING id"
+            ), {"n": limit}).scalars().all()
+        return [str(i) for i in ids]
+
+    def take_stale_published(self, grace_seconds: float, *, limit: int = 200) -> list[str]:
+        """Queued jobs published more than `grace_seconds` ago (their message may be lost), marked
+        published again now; the caller resends those whose message is not waiting in the queue."""
+        with self.db.session() as session:
+            ids = session.execute(text(
+                "UPDATE jobs SET published_at = now() WHERE id IN ("
+                f" SELECT id FROM jobs WHERE status = '{JobStatus.QUEUED.value}'"
+                " AND published_at < now() - make_interval(secs => :grace)"
+                " ORDER BY created_at LIMIT :n FOR UPDATE SKIP LOCKED) RETURNING id"
+            ), {"grace": float(grace_seconds), "n": limit}).scalars().all()
+        return [str(i) for i in ids]
+
+    def mark_unpublished(self, job_ids: Sequence[str]) -> None:
+        """The queue refused these messages: leave the jobs for the next relay round."""
+        if not job_ids:
+            return
+        with self.db.session() as session:
+            session.execute(
+                update(Job).where(Job.id.in_([uuid.UUID(j) for j in job_ids]), Job.status == JobStatus.QUEUED.value)
+                .values(published_at=None))
