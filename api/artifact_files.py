@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import os
 import re
 from pathlib import Path
@@ -21,8 +22,17 @@ def _etag_matches(header: str, etag: str) -> bool:
     return "*" in tags or etag in tags or f"W/{etag}" in tags
 
 
-def parse_range(header: str, size: int) -> tuple[int, int] | None | str:
-    """(first, last) inclusive; None = serve the whole file (no/ignored range); 'unsatisfiable'."""
+class Unsatisfiable(enum.Enum):
+    """parse_range's answer for a range outside the file (a 416): a sentinel, not a string to unpack."""
+
+    RANGE = "unsatisfiable"
+
+
+UNSATISFIABLE = Unsatisfiable.RANGE
+
+
+def parse_range(header: str, size: int) -> tuple[int, int] | None | Unsatisfiable:
+    """(first, last) inclusive; None = serve the whole file (no/ignored range); UNSATISFIABLE."""
     match = _RANGE.match(header)
     if match is None:
         return None  # malformed or several ranges: RFC 9110 lets us ignore the header
@@ -32,14 +42,14 @@ def parse_range(header: str, size: int) -> tuple[int, int] | None | str:
     if not start_s:  # suffix: the last n bytes
         n = int(end_s)
         if n == 0 or size == 0:
-            return "unsatisfiable"
+            return UNSATISFIABLE
         return max(0, size - n), size - 1
     start = int(start_s)
     end = int(end_s) if end_s else size - 1
     if end_s and end < start:
         return None  # invalid range spec: ignore
     if start >= size:
-        return "unsatisfiable"
+        return UNSATISFIABLE
     return start, min(end, size - 1)
 
 
@@ -67,12 +77,12 @@ def file_response(request: Request, path: Path, *, sha256: str, media_type: str,
     if_none_match = request.headers.get("if-none-match")
     if if_none_match is not None and _etag_matches(if_none_match, etag):
         return Response(status_code=304, headers={k: headers[k] for k in ("ETag", "Cache-Control")})
-    byte_range = None
+    byte_range: tuple[int, int] | None | Unsatisfiable = None
     range_header = request.headers.get("range")
     if_range = request.headers.get("if-range")
     if range_header is not None and (if_range is None or if_range.strip() == etag):
         byte_range = parse_range(range_header, size)
-    if byte_range == "unsatisfiable":
+    if byte_range is UNSATISFIABLE:
         return problem_response(
             416, "range_not_satisfiable", f"the requested range is outside the file ({size} bytes)",
             headers={"Content-Range": f"bytes */{size}", "ETag": etag}, instance=request.url.path,

@@ -48,7 +48,7 @@ async def require_owner(request: Request) -> str:
         raise ProblemError(401, "unauthorized", "the Authorization header must be 'Bearer <key>'",
                            headers=_UNAUTHORIZED_HEADERS)
     state = request.app.state
-    owner = state.key_cache.get(key)
+    owner: str | None = state.key_cache.get(key)  # app.state is untyped: KeyCache.get's own return type
     if owner is None:
         def lookup() -> str | None:
             with state.db.session() as session:

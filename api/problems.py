@@ -7,7 +7,7 @@ Each problem has a stable machine `code`; spec and request validation problems a
 from __future__ import annotations
 
 import logging
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 import psycopg
 from fastapi import FastAPI, Request
@@ -83,14 +83,16 @@ def _loc_to_str(loc: Iterable[Any]) -> str:
     return ".".join(str(part) for part in loc)
 
 
-def pydantic_errors(errors: Iterable[dict], data: Any = None, prefix: tuple = ()) -> list[dict[str, str]]:
+def pydantic_errors(
+    errors: Iterable[Mapping[str, Any]], data: Any = None, prefix: tuple[str | int, ...] = ()
+) -> list[dict[str, str]]:
     """[{"loc": "a.b", "msg": ...}] from pydantic errors.
 
     Discriminated unions put the tag in the location (('method', 'hcd', 'temperature')); with the
     submitted `data` at hand, path parts that are not keys of it (and not the last part, which may
     name a missing field) are such tags and are dropped, giving 'method.temperature'.
     """
-    out = []
+    out: list[dict[str, str]] = []
     for err in errors:
         loc = list(err.get("loc", ()))
         clean: list[Any] = []
@@ -121,14 +123,14 @@ def pydantic_errors(errors: Iterable[dict], data: Any = None, prefix: tuple = ()
 
 def install_problem_handlers(app: FastAPI) -> None:
     @app.exception_handler(ProblemError)
-    async def _problem(request: Request, exc: ProblemError):
+    async def _problem(request: Request, exc: ProblemError) -> JSONResponse:
         return problem_response(
             exc.status, exc.code, exc.detail, title=exc.title, errors=exc.errors,
             headers=exc.headers, instance=request.url.path, **exc.extra,
         )
 
     @app.exception_handler(RequestValidationError)
-    async def _validation(request: Request, exc: RequestValidationError):
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = [
             {"loc": _loc_to_str(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))}
             for e in exc.errors()
@@ -139,7 +141,7 @@ def install_problem_handlers(app: FastAPI) -> None:
         )
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(request: Request, exc: StarletteHTTPException):
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         status = exc.status_code
         detail = exc.detail if isinstance(exc.detail, str) else _TITLES.get(status, "error")
         if status == 404 and detail == "Not Found":
@@ -150,22 +152,24 @@ def install_problem_handlers(app: FastAPI) -> None:
         )
 
     @app.exception_handler(DomainError)
-    async def _domain(request: Request, exc: DomainError):
+    async def _domain(request: Request, exc: DomainError) -> JSONResponse:
         status = next((code for cls, code in _DOMAIN_STATUS.items() if isinstance(exc, cls)), 400)
-        headers, extra = None, {}
+        headers: dict[str, str] | None = None
+        errors: list[dict[str, str]] | None = None
         if isinstance(exc, LimitExceeded):
             headers = {"Retry-After": str(exc.retry_after)}
         if isinstance(exc, InvalidInput):
-            extra["errors"] = exc.errors
+            errors = exc.errors
         elif exc.loc:
-            extra["errors"] = [{"loc": exc.loc, "msg": exc.message}]
-        return problem_response(status, exc.code, exc.message, headers=headers, instance=request.url.path, **extra)
+            errors = [{"loc": exc.loc, "msg": exc.message}]
+        return problem_response(status, exc.code, exc.message, errors=errors, headers=headers,
+                                instance=request.url.path)
 
     @app.exception_handler(DatabaseUnavailable)
-    async def _database_timeout(request: Request, exc: DatabaseUnavailable):
+    async def _database_timeout(request: Request, exc: DatabaseUnavailable) -> JSONResponse:
         return _database_unavailable(request)
 
-    async def _database_error(request: Request, exc: Exception):
+    async def _database_error(request: Request, exc: Exception) -> JSONResponse:
         if database_unavailable(exc):
             _log.warning("database unavailable on %s %s: %s", request.method, request.url.path, exc)
             return _database_unavailable(request)
@@ -177,7 +181,7 @@ def install_problem_handlers(app: FastAPI) -> None:
     app.add_exception_handler(psycopg.Error, _database_error)
 
     @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception):
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         if database_unavailable(exc):
             return _database_unavailable(request)
         _log.exception("unhandled error on %s %s", request.method, request.url.path)

@@ -33,6 +33,18 @@ def format_event(data: str, *, event: str | None = None, event_id: str | None = 
     return "\n".join(lines) + "\n\n"
 
 
+def _stream_entries(reply: object) -> list[tuple[str, dict[str, str]]]:
+    """(entry id, fields) of an XREAD reply, in order, as the API's async client returns it: strings
+    (decode_responses=True) in RESP2's shape [[key, [(entry id, {field: value}), ...]], ...]."""
+    if not isinstance(reply, list):
+        raise TypeError(f"unexpected XREAD reply {type(reply).__name__}: expected RESP2's list of [key, entries]")
+    out: list[tuple[str, dict[str, str]]] = []
+    for _key, entries in reply:
+        for entry_id, fields in entries:
+            out.append((entry_id, fields))
+    return out
+
+
 async def job_event_stream(
     client: aioredis.Redis,
     job_id: uuid.UUID,
@@ -49,20 +61,19 @@ async def job_event_stream(
     last_sent = time.monotonic()
     while True:
         try:
-            reply = await client.xread({key: last_id}, count=200, block=block_ms)
+            reply: object = await client.xread({key: last_id}, count=200, block=block_ms)
         except (RedisError, OSError):
             reply = None  # Redis down: keep the connection, retry; Postgres still says when it ends
             await asyncio.sleep(min(1.0, block_ms / 1000))
         if reply:
             chunks = []
-            for _key, entries in reply:
-                for entry_id, fields in entries:
-                    last_id = entry_id
-                    kind = fields.get("type", "message")
-                    chunks.append(format_event(fields.get("data", "{}"), event=kind, event_id=entry_id))
-                    if kind == "end":
-                        yield "".join(chunks)
-                        return
+            for entry_id, fields in _stream_entries(reply):
+                last_id = entry_id
+                kind = fields.get("type", "message")
+                chunks.append(format_event(fields.get("data", "{}"), event=kind, event_id=entry_id))
+                if kind == "end":
+                    yield "".join(chunks)
+                    return
             yield "".join(chunks)
             last_sent = time.monotonic()
             continue

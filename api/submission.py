@@ -28,7 +28,8 @@ from jobs.teachers import resolve_teacher
 MAX_METADATA_KEYS = 32
 MAX_METADATA_KEY_LEN = 64
 MAX_METADATA_VALUE_LEN = 512
-_GB = 1024**3
+_GIB = 1024**3
+_SIGNIFICANT = 0.05  # parts of the memory estimate worth naming in a refusal
 
 
 def parse_uuid(value: str, what: str = "job") -> uuid.UUID:
@@ -114,19 +115,24 @@ def check_dataset_root(spec: JobSpec, settings: Settings) -> None:
 
 
 def check_memory(spec: JobSpec, settings: Settings) -> None:
-    """Refuse a job whose data and batches alone would need more host memory than the budget."""
+    """Refuse a job whose data and batches alone would need more host memory than the budget; the
+    error names the fields that drive the significant parts of the estimate, the largest first."""
     estimate = estimate_memory(spec)
-    budget = settings.max_job_memory_gb * _GB
+    budget = settings.max_job_memory_gb * _GIB
     if estimate.total_bytes <= budget:
         return
-    errors = []
-    for part in sorted(estimate.parts, key=lambda p: -p.bytes):
-        msg = (f"{part.name} needs about {part.bytes / _GB:.1f} GB; the job needs at least "
-               f"{estimate.total_bytes / _GB:.1f} GB, the server allows {settings.max_job_memory_gb:g} GB")
-        errors.extend({"loc": loc, "msg": msg} for loc in part.fields)
-    names = ", ".join(dict.fromkeys(e["loc"] for e in errors))
-    raise InvalidInput(f"the job would need more memory than this server allows: reduce {names}",
-                       code="job_too_large", errors=errors)
+    by_field: dict[str, list[tuple[str, int]]] = {}
+    for part in estimate.parts:
+        if part.bytes >= estimate.total_bytes * _SIGNIFICANT:
+            for loc in part.fields:
+                by_field.setdefault(loc, []).append((part.name, part.bytes))
+    ranked = sorted(by_field.items(), key=lambda item: -sum(b for _, b in item[1]))
+    total = f"the job needs at least {estimate.total_bytes / _GIB:.1f} GiB, the server allows " \
+            f"{settings.max_job_memory_gb:g} GiB"
+    errors = [{"loc": loc, "msg": f"drives {', '.join(f'{name} ({b / _GIB:.1f} GiB)' for name, b in parts)}; {total}"}
+              for loc, parts in ranked]
+    raise InvalidInput(f"the job would need more memory than this server allows: reduce "
+                       f"{', '.join(loc for loc, _ in ranked)}", code="job_too_large", errors=errors)
 
 
 def create_job(repo: JobRepository, store: ArtifactStore, settings: Settings, owner: str, body: Any,

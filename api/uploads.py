@@ -15,10 +15,14 @@ import struct
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import AsyncIterator
+from typing import IO, TYPE_CHECKING, Any, AsyncIterator
 
 from python_multipart.multipart import MultipartParser, parse_options_header
+
 from api.problems import ProblemError
+
+if TYPE_CHECKING:
+    from python_multipart.multipart import MultipartCallbacks  # defined for type checkers only
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # safetensors' own limit
 MAX_FIELD_BYTES = 4096
@@ -43,7 +47,7 @@ class ParsedUpload:
 class _Collector:
     """python-multipart callbacks: form fields into memory (capped), the file part onto disk."""
 
-    def __init__(self, tmp_path: Path, max_file_bytes: int):
+    def __init__(self, tmp_path: Path, max_file_bytes: int) -> None:
         self.tmp_path, self.max_file_bytes = tmp_path, max_file_bytes
         self.result = ParsedUpload()
         self._header_field = b""
@@ -53,27 +57,27 @@ class _Collector:
         self._is_file = False
         self._buffer = bytearray()
         self._hash = hashlib.sha256()
-        self._handle = None
+        self._handle: IO[bytes] | None = None
         self._parts = 0
 
-    def on_part_begin(self):
+    def on_part_begin(self) -> None:
         self._parts += 1
         if self._parts > MAX_PARTS:
             raise invalid_upload("too many form parts", "body")
         self._headers, self._header_field, self._header_value = {}, b"", b""
         self._buffer = bytearray()
 
-    def on_header_field(self, data, start, end):
+    def on_header_field(self, data: bytes, start: int, end: int) -> None:
         self._header_field += data[start:end]
 
-    def on_header_value(self, data, start, end):
+    def on_header_value(self, data: bytes, start: int, end: int) -> None:
         self._header_value += data[start:end]
 
-    def on_header_end(self):
+    def on_header_end(self) -> None:
         self._headers[self._header_field.strip().lower()] = self._header_value.strip()
         self._header_field, self._header_value = b"", b""
 
-    def on_headers_finished(self):
+    def on_headers_finished(self) -> None:
         _, options = parse_options_header(self._headers.get(b"content-disposition", b""))
         name = options.get(b"name")
         self._name = name.decode("utf-8", "replace") if name is not None else None
@@ -86,7 +90,7 @@ class _Collector:
             self.result.filename = filename[:255] or "upload.safetensors"
             self._handle = open(self.tmp_path, "wb")
 
-    def on_part_data(self, data, start, end):
+    def on_part_data(self, data: bytes, start: int, end: int) -> None:
         chunk = data[start:end]
         if self._is_file:
             self.result.size += len(chunk)
@@ -94,14 +98,16 @@ class _Collector:
                 raise ProblemError(413, "payload_too_large",
                                    f"the uploaded file exceeds the limit of {self.max_file_bytes} bytes")
             self._hash.update(chunk)
+            assert self._handle is not None  # opened by on_headers_finished whenever it sets _is_file
             self._handle.write(chunk)
         else:
             self._buffer += chunk
             if len(self._buffer) > MAX_FIELD_BYTES:
                 raise ProblemError(413, "payload_too_large", f"form field {self._name!r} is too long")
 
-    def on_part_end(self):
+    def on_part_end(self) -> None:
         if self._is_file:
+            assert self._handle is not None  # opened by on_headers_finished whenever it sets _is_file
             self._handle.close()
             self.result.file_path = self.tmp_path
             self.result.sha256 = self._hash.hexdigest()
@@ -109,7 +115,7 @@ class _Collector:
             self.result.fields[self._name] = bytes(self._buffer).decode("utf-8", "replace").strip()
         self._is_file = False
 
-    def close(self):
+    def close(self) -> None:
         if self._handle is not None and not self._handle.closed:
             self._handle.close()
 
@@ -125,9 +131,12 @@ async def receive_upload(
     tmp_dir.mkdir(parents=True, exist_ok=True)
     tmp_path = tmp_dir / f".upload-{uuid.uuid4().hex}.part"
     collector = _Collector(tmp_path, max_file_bytes)
-    callbacks = {name: getattr(collector, name) for name in (
-        "on_part_begin", "on_part_data", "on_part_end", "on_header_field", "on_header_value",
-        "on_header_end", "on_headers_finished")}
+    callbacks: MultipartCallbacks = {
+        "on_part_begin": collector.on_part_begin, "on_part_data": collector.on_part_data,
+        "on_part_end": collector.on_part_end, "on_header_field": collector.on_header_field,
+        "on_header_value": collector.on_header_value, "on_header_end": collector.on_header_end,
+        "on_headers_finished": collector.on_headers_finished,
+    }
     try:
         parser = MultipartParser(boundary, callbacks)
         async for chunk in body:
@@ -148,7 +157,7 @@ async def receive_upload(
     return collector.result
 
 
-def read_safetensors_header(path: Path) -> dict[str, dict]:
+def read_safetensors_header(path: Path) -> dict[str, dict[str, Any]]:
     """Tensor entries of a safetensors file, checked for structure without trusting anything in it."""
     size = path.stat().st_size
     with open(path, "rb") as handle:

@@ -12,12 +12,13 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import httpx
 
+from jobs.status import TERMINAL, JobStatus
+
 DEFAULT_SERVER = "http://127.0.0.1:8000"
-TERMINAL = ("succeeded", "failed", "cancelled")
 
 
 class ClientError(Exception):
@@ -188,7 +189,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
         print(f"error {job['error']['code']}: {job['error'].get('message')}", file=sys.stderr)
     if job.get("result"):
         print(json.dumps(job["result"], indent=2))
-    return 0 if final == "succeeded" else 1
+    return 0 if final == JobStatus.SUCCEEDED else 1
 
 
 def download_artifact(client: httpx.Client, url: str, target: Path, expected_sha256: str) -> None:
@@ -225,7 +226,7 @@ def cmd_download(args: argparse.Namespace) -> int:
     return 0
 
 
-def _guard(func):
+def _guard(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         try:
             return func(args)
@@ -238,7 +239,7 @@ def _guard(func):
     return run
 
 
-def register(subparsers) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     submit = subparsers.add_parser("submit", help="submit a job spec (YAML or JSON) to the service")
     submit.add_argument("spec", help="spec file ('-' for stdin): the spec, or {spec, metadata}")
     submit.add_argument("--idempotency-key", help="resubmitting with the same key returns the same job")

@@ -7,11 +7,19 @@ import json
 import signal
 import sys
 from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # imported where used at run time: `hcd --help` must not pay for pydantic and the engine
+    from pydantic import ValidationError
+
+    from hcd_core.spec import JobSpec
+    from hcd_core.types import MetricPoint, Progress
 
 EXIT_BAD_INPUT = 2
 
 
-def register(subparsers) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser("train", help="train one job from a YAML/JSON spec on this machine")
     p.add_argument("spec", type=Path, help="job spec (.yaml, .yml or .json)")
     p.add_argument("--output", "-o", type=Path, required=True,
@@ -37,7 +45,7 @@ def _fail(message: str) -> int:
     return EXIT_BAD_INPUT
 
 
-def load_spec_document(path: Path) -> dict:
+def load_spec_document(path: Path) -> dict[str, Any]:
     text = path.read_text()
     if path.suffix.lower() in (".yaml", ".yml"):
         import yaml
@@ -50,7 +58,7 @@ def load_spec_document(path: Path) -> dict:
     return doc
 
 
-def format_validation_error(err) -> str:
+def format_validation_error(err: ValidationError) -> str:
     lines = []
     for e in err.errors():
         where = ".".join(str(part) for part in e["loc"]) or "(spec)"
@@ -61,7 +69,7 @@ def format_validation_error(err) -> str:
 def cmd_train(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
-    from hcd_core.spec import parse_spec
+    from hcd_core.spec import FileWeights, parse_spec
 
     # Validate everything before any model is built.
     try:
@@ -77,16 +85,18 @@ def cmd_train(args: argparse.Namespace) -> int:
     except ValidationError as err:
         return _fail(format_validation_error(err))
 
-    teacher_weights, teacher_card = None, None
+    teacher_weights: Path | None = None
+    teacher_card: dict[str, Any] | None = None
     if spec.teacher is not None:
-        source = spec.teacher.weights.source
+        weights = spec.teacher.weights
+        source = weights.source
         if source in ("job", "model"):
             return _fail(
                 f"teacher.weights.source {source!r} refers to the service's jobs/models; locally use "
                 '{"source": "file", "path": "teacher/student.safetensors"} (or "timm" with internet)'
             )
-        if source == "file":
-            teacher_weights = Path(spec.teacher.weights.path).expanduser()
+        if isinstance(weights, FileWeights):  # source == "file"
+            teacher_weights = Path(weights.path).expanduser()
             if not teacher_weights.is_absolute():
                 teacher_weights = args.spec.resolve().parent / teacher_weights
             if not teacher_weights.is_file():
@@ -104,7 +114,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     return _run_train(args, spec, teacher_weights, teacher_card, checkpoint_dir)
 
 
-def _run_train(args, spec, teacher_weights, teacher_card, checkpoint_dir) -> int:
+def _run_train(
+    args: argparse.Namespace, spec: JobSpec, teacher_weights: Path | None, teacher_card: dict[str, Any] | None,
+    checkpoint_dir: Path,
+) -> int:
     from tqdm import tqdm
 
     from hcd_core.engine import RunHooks, run_job
@@ -114,7 +127,7 @@ def _run_train(args, spec, teacher_weights, teacher_card, checkpoint_dir) -> int
     shown: dict[str, float] = {}
     stop = {"requested": False}
 
-    def on_progress(p) -> None:
+    def on_progress(p: Progress) -> None:
         nonlocal bar
         if args.no_progress:
             return
@@ -123,14 +136,14 @@ def _run_train(args, spec, teacher_weights, teacher_card, checkpoint_dir) -> int
         bar.set_description(f"epoch {min(p.epoch + 1, p.epochs)}/{p.epochs}")
         bar.update(p.step - bar.n)
 
-    def on_metrics(points) -> None:
+    def on_metrics(points: list[MetricPoint]) -> None:
         for pt in points:
             if pt.name in ("loss", "lr", "val_top1"):
                 shown["acc" if pt.name == "val_top1" else pt.name] = pt.value
         if bar is not None:
             bar.set_postfix({k: f"{v:.4g}" for k, v in shown.items()}, refresh=False)
 
-    def on_sigint(signum, frame) -> None:
+    def on_sigint(signum: int, frame: FrameType | None) -> None:
         if stop["requested"]:
             raise KeyboardInterrupt
         stop["requested"] = True

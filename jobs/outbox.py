@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import Counter
 from typing import Any, Protocol
 
 import psycopg
@@ -22,7 +23,6 @@ import psycopg
 from jobs.db import database_unavailable, libpq_url
 from jobs.repository import QUEUED_CHANNEL, JobRepository
 from jobs.settings import Settings
-from jobs.status import JobStatus
 
 _log = logging.getLogger("hcd.outbox")
 _RECONNECT_MAX_SECONDS = 5.0
@@ -74,17 +74,15 @@ class Housekeeper:
         waiting = self.queue.waiting()
         return self._send([j for j in stale if waiting is None or j not in waiting])
 
-    def sweep(self) -> dict[str, int]:
-        """One housekeeping round: lost leases, then the relay and lost messages."""
-        counts = {"requeued": 0, "failed": 0, "cancelled": 0, "published": 0}
+    def sweep(self) -> Counter[str]:
+        """One housekeeping round: lost leases (counted by the status they led to), then the relay."""
+        counts: Counter[str] = Counter()
         now = time.monotonic()
         if self._healthy_since is not None and now - self._healthy_since >= self.settings.lease_seconds:
-            for change in self.repo.requeue_expired():
-                key = {JobStatus.QUEUED: "requeued", JobStatus.FAILED: "failed"}.get(change.status, "cancelled")
-                counts[key] += 1
+            counts.update(change.status.value for change in self.repo.requeue_expired())
         counts["published"] = self.relay() + self.resend_lost()
         if any(counts.values()):
-            _log.info("housekeeping: %s", counts)
+            _log.info("housekeeping: %s", dict(counts))
         return counts
 
     def _database_ok(self) -> None:

@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 
 from hcd_core.types import MetricPoint
 from jobs.db import Database
-from jobs.errors import FenceLost, InUse, InvalidState, LimitExceeded, NotFound
+from jobs.errors import FenceLost, InUse, InvalidInput, InvalidState, LimitExceeded, NotFound
 from jobs.jsonutil import json_safe
 from jobs.status import ACTIVE, OWNED, TERMINAL, JobPhase, JobStatus, check_transition, ordered, sources, sql_in
 from jobs.storage import StoredFile
@@ -110,10 +110,13 @@ class Outcome:
     error_message: str | None = None
 
 
-class TeacherGone(InvalidState):
-    """The teacher a submission names stopped being usable while it was being created."""
+class TeacherGone(InvalidInput):
+    """The teacher a submission names stopped being usable (deleted) while the job was being created."""
 
-    code = "teacher_not_found"
+    def __init__(self) -> None:
+        reason = "the teacher was deleted while the job was being submitted"
+        super().__init__(f"invalid spec: teacher.weights: {reason}", code="teacher_not_found",
+                         errors=[{"loc": "teacher.weights", "msg": reason}])
 
 
 def _lease_expiry(seconds: float) -> Any:
@@ -228,8 +231,7 @@ class JobRepository:
         if job[0] is not None:
             return job_document(job)
         if not usable:
-            raise TeacherGone("the teacher was deleted or changed while the job was submitted",
-                              loc="teacher.weights")
+            raise TeacherGone()
         if active >= active_cap:
             raise LimitExceeded(
                 f"you have {active} active jobs (the limit is {active_cap}); wait for one to finish or cancel one",
@@ -251,8 +253,8 @@ class JobRepository:
             row = conn.execute("SELECT status FROM jobs WHERE id = %s AND owner = %s", (job_id, owner)).fetchone()
         return None if row is None else JobStatus(row[0])
 
-    def list_jobs(self, owner: str, *, statuses: Sequence[JobStatus] = (), before: tuple[datetime, uuid.UUID] | None = None,
-             limit: int = 20) -> list[dict[str, Any]]:
+    def list_jobs(self, owner: str, *, statuses: Sequence[JobStatus] = (),
+                  before: tuple[datetime, uuid.UUID] | None = None, limit: int = 20) -> list[dict[str, Any]]:
         """The owner's jobs, newest first, after the keyset position `before` (created_at, id)."""
         sql = f"SELECT {JOB_COLUMNS} FROM jobs WHERE owner = %s"
         args: list[Any] = [owner]

@@ -54,7 +54,7 @@ class Settings(BaseSettings):
     max_request_bytes: int = Field(1_000_000, ge=1024)
     max_upload_bytes: int = Field(2 * 1024**3, ge=1024)
     body_idle_timeout_seconds: float = Field(15.0, gt=0)  # a request body silent this long is dropped
-    max_job_memory_gb: float = Field(64.0, gt=0)  # host memory a job's data and batches may need
+    max_job_memory_gb: float = Field(16.0, gt=0)  # host memory a job's data and batches may need (at least)
 
     # Metrics
     metrics_min_interval_seconds: float = Field(0.5, ge=0)  # per-step points streamed at most this often

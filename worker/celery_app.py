@@ -77,8 +77,8 @@ class CeleryQueue:
             raw = redis_client(self.settings).lrange(self.settings.queue_name, 0, _QUEUE_SCAN_MAX - 1)
         except (redis.RedisError, OSError):
             return None
-        ids = set()
-        for item in raw:  # type: ignore[union-attr]
+        ids: set[str] = set()
+        for item in raw:
             try:
                 ids.add(json.loads(item)["headers"]["id"])
             except (ValueError, KeyError, TypeError):

@@ -251,9 +251,12 @@ class Attempt:
                     self.repo.add_event(self.job_id, self.attempt, "resumed",
                                         {"epoch": progress.epoch, "step": progress.step})
 
+        def before_checkpoint() -> None:
+            # A run resumed from this checkpoint never re-reports the points before it: persist them now.
+            self.sink.persist(timeout=self.settings.lease_seconds)
+
         hooks = RunHooks(on_metrics=self.sink.add, should_stop=self.stopper, on_phase=self.phase,
-                         on_progress=on_progress, stop_check_every=2,
-                         before_checkpoint=lambda: self.sink.persist(timeout=self.settings.lease_seconds),
+                         on_progress=on_progress, stop_check_every=2, before_checkpoint=before_checkpoint,
                          checkpoint_guard=self.checkpoint_guard)
         return run_job(spec, output_dir=self.store.output_dir(self.job_id), checkpoint_dir=checkpoint_dir,
                        teacher_weights=teacher.weights if teacher else None,

@@ -94,6 +94,6 @@ def execute_job(settings: Settings, job_id: str) -> str:
 
 
 def register_tasks(app: Celery, settings: Settings) -> None:
-    @app.task(name=TASK_NAME, ignore_result=True, acks_late=False)
+    @app.task(name=TASK_NAME, ignore_result=True, acks_late=False)  # type: ignore[untyped-decorator]  # Celery is untyped
     def run_job_task(job_id: str) -> str:
         return execute_job(settings, job_id)

@@ -76,6 +76,34 @@ def test_huge_float_literal_is_out_of_bounds(api_client, auth_headers):
     assert [e["loc"] for e in body["errors"]] == ["training.lr"]
 
 
+def test_non_finite_teacher_normalisation_is_422_not_500(api_client, auth_headers):
+    """Python's json reads 1e999 as inf; Postgres' JSONB cannot store it (it was a 500 and a reset connection)."""
+    import json
+
+    for field in ("mean", "std"):
+        raw = json.dumps({"spec": hcd_spec({"source": "timm"})})
+        timm = '"weights": {"source": "timm"}'
+        raw = raw.replace(timm, f'{timm}, "{field}": [1e999, 0.5, 0.5]')
+        body = assert_problem(_post_raw(api_client, auth_headers, raw.encode()), 422, "invalid_spec")
+        assert [e["loc"] for e in body["errors"]] == [f"teacher.{field}.0"], body
+
+
+@pytest.mark.parametrize("dataset, training, fields", [
+    # ~37 GB just to generate the images
+    ({"train_size": 1_000_000, "image_size": 32}, {}, {"dataset.train_size"}),
+    # 51.5 GB for one input batch alone
+    ({"image_size": 1024}, {"batch_size": 4096}, {"training.batch_size", "dataset.image_size"}),
+])
+def test_spec_needing_more_memory_than_the_budget_is_refused(api_client, auth_headers, dataset, training, fields):
+    spec = ce_spec(**dataset)
+    spec["training"].update(training)
+    body = assert_problem(api_client.post("/jobs", json={"spec": spec}, headers=auth_headers), 422, "job_too_large")
+    assert fields <= {e["loc"] for e in body["errors"]}, body
+    assert all("the server allows 16 GiB" in e["msg"] for e in body["errors"]), body
+    # nothing was created
+    assert api_client.get("/jobs", headers=auth_headers).json()["data"] == []
+
+
 def test_method_switch_error_names_field_without_union_tag(api_client, auth_headers):
     spec = hcd_spec({"source": "timm"})
     spec["method"] = {"name": "hcd", "temperature": 1e9, "num_sub_logits": 0}

@@ -8,7 +8,7 @@ import uuid
 
 import psycopg
 import redis
-from api_helpers import add_artifact, assert_problem, ce_spec, insert_job
+from api_helpers import add_artifact, assert_problem, ce_spec, hcd_spec, insert_job
 from fastapi.testclient import TestClient
 
 from api.app import create_app
@@ -216,3 +216,57 @@ def test_pooled_connections_killed_by_the_server_are_replaced(api_client, auth_h
         assert api_client.get(f"/jobs/{job['id']}", headers=auth_headers).status_code == 200
     assert _submit(api_client, auth_headers).status_code == 202
     assert api_client.get("/jobs", headers=auth_headers).status_code == 200  # ORM sessions too
+
+
+def test_teacher_in_use_cannot_be_deleted(api_client, auth_headers, service_settings, api_owner):
+    teacher = insert_job(service_settings, api_owner, status="succeeded")
+    add_artifact(service_settings, teacher, "student.safetensors", b"weights", "application/octet-stream")
+    student = _submit(api_client, auth_headers, spec=hcd_spec({"source": "job", "job_id": str(teacher)}))
+    assert student.status_code == 202, student.text
+    body = assert_problem(api_client.delete(f"/jobs/{teacher}", headers=auth_headers), 409, "teacher_in_use")
+    assert student.json()["id"] in body["detail"]
+    assert api_client.get(f"/jobs/{teacher}", headers=auth_headers).status_code == 200  # nothing was lost
+    assert (LocalStore(service_settings.data_dir).artifacts / str(teacher) / "student.safetensors").is_file()
+    api_client.post(f"/jobs/{student.json()['id']}/cancel", headers=auth_headers)
+    assert api_client.delete(f"/jobs/{teacher}", headers=auth_headers).status_code == 204
+
+
+def test_submission_racing_the_deletion_of_its_teacher_never_orphans_a_student(
+        api_client, auth_headers, service_settings, api_owner):
+    """Either the student is refused (its teacher is gone) or the deletion is (the teacher is in use)."""
+    def race(teacher: uuid.UUID) -> dict[str, int]:
+        results: dict[str, int] = {}
+
+        def submit() -> None:
+            spec = hcd_spec({"source": "job", "job_id": str(teacher)})
+            results["submit"] = _submit(api_client, auth_headers, spec=spec).status_code
+
+        def remove() -> None:
+            results["delete"] = api_client.delete(f"/jobs/{teacher}", headers=auth_headers).status_code
+
+        threads = [threading.Thread(target=submit), threading.Thread(target=remove)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        return results
+
+    for _ in range(5):
+        teacher = insert_job(service_settings, api_owner, status="succeeded")
+        add_artifact(service_settings, teacher, "student.safetensors", b"weights", "application/octet-stream")
+        results = race(teacher)
+        assert (results["submit"], results["delete"]) in {(202, 409), (422, 204)}, results
+        for job in api_client.get("/jobs", params={"status": "queued"}, headers=auth_headers).json()["data"]:
+            api_client.post(f"/jobs/{job['id']}/cancel", headers=auth_headers)
+
+
+def test_claim_starts_a_new_attempt_with_fresh_progress(service_settings, api_owner):
+    from jobs.repository import JobRepository
+
+    repo = JobRepository(database(service_settings))
+    job_id = insert_job(service_settings, api_owner, status="queued",
+                        progress={"epoch": 5, "epochs": 8, "step": 50, "total_steps": 80}, attempt=1)
+    assert repo.claim(job_id, "worker-x", service_settings.lease_seconds) == 2
+    job = repo.get(api_owner, job_id)
+    assert job["progress"] == {} and job["phase"] is None and job["status"] == "running"
+    repo.cancel(api_owner, job_id)

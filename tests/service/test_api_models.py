@@ -117,3 +117,23 @@ def test_too_large_upload_is_413(service_settings, api_key, resnet_weights, tmp_
                         headers={**headers, "Content-Type": "multipart/form-data; boundary=b"})
         assert_problem(r, 413, "payload_too_large")
     assert not list(LocalStore(service_settings.data_dir).uploads.glob(".upload-*"))
+
+
+def test_delete_model_removes_row_and_file_unless_a_job_uses_it(api_client, auth_headers, other_auth_headers,
+                                                                  resnet_weights, service_settings):
+    model = _upload(api_client, auth_headers, resnet_weights).json()
+    stored = LocalStore(service_settings.data_dir).uploads / f"{model['id']}.safetensors"
+    assert stored.is_file()
+    assert_problem(api_client.delete(f"/models/{model['id']}", headers=other_auth_headers), 404, "not_found")
+    student = api_client.post("/jobs", json={"spec": hcd_spec({"source": "model", "model_id": model["id"]})},
+                              headers=auth_headers)
+    assert student.status_code == 202, student.text
+    body = assert_problem(api_client.delete(f"/models/{model['id']}", headers=auth_headers), 409, "teacher_in_use")
+    assert student.json()["id"] in body["detail"] and stored.is_file()
+
+    api_client.post(f"/jobs/{student.json()['id']}/cancel", headers=auth_headers)
+    assert api_client.delete(f"/models/{model['id']}", headers=auth_headers).status_code == 204
+    assert not stored.exists()
+    assert_problem(api_client.get(f"/models/{model['id']}", headers=auth_headers), 404, "not_found")
+    assert_problem(api_client.delete(f"/models/{model['id']}", headers=auth_headers), 404, "not_found")
+    assert_problem(api_client.delete("/models/not-a-uuid", headers=auth_headers), 404, "not_found")

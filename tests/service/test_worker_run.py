@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 
-from sqlalchemy import select
+from sqlalchemy import select, text
 from worker_fixtures import get_job, insert_job, job_events, tiny_spec, wait_for_status, wait_until
 
 from jobs.db import database
@@ -106,3 +107,34 @@ def test_runtime_cap_and_bad_teacher_end_failed_with_stable_codes(service_settin
     assert job.error_message == "teacher.weights.job_id: no such job of yours"
     last = job_events(service_settings, missing_teacher)[-1]
     assert last.data["status"] == "failed" and last.data["error_code"] == "invalid_teacher"
+
+
+def test_unwritable_store_is_a_storage_error_retried_like_a_lost_worker(service_settings, start_worker):
+    worker = start_worker()
+    spec = tiny_spec("ce", epochs=1, steps=2)
+    job_id = insert_job(service_settings, spec, max_attempts=2, published=True)  # the relay must not race us
+    blocker = LocalStore(service_settings.data_dir).artifacts / job_id
+    blocker.write_bytes(b"not a directory")  # every write into the job's folder fails
+    try:
+        with database(service_settings).session() as session:  # now let the relay publish it
+            session.execute(text("UPDATE jobs SET published_at = NULL WHERE id = :id"), {"id": job_id})
+        job = wait_for_status(service_settings, job_id, ("succeeded", "failed"), 90, [worker])
+    finally:
+        blocker.unlink()
+    assert (job.status, job.error_code) == ("failed", "storage_error"), job.error_message
+    assert job.attempt == 2  # handed back and retried once, like a lost worker
+    assert "/" not in job.error_message and str(service_settings.data_dir) not in job.error_message
+    requeued = [e for e in job_events(service_settings, job_id) if e.type == "requeued"]
+    assert [e.data["reason"] for e in requeued] == ["storage_error"]
+
+
+def test_missing_dataset_error_names_no_server_path(service_settings, start_worker):
+    worker = start_worker()
+    spec = tiny_spec("ce", epochs=1, steps=2)
+    spec["dataset"] = {"name": "imagefolder", "root": "no-such-set", "image_size": 16}
+    job_id = insert_job(service_settings, spec)
+    job = wait_for_status(service_settings, job_id, ("succeeded", "failed"), 90, [worker])
+    assert (job.status, job.error_code) == ("failed", "dataset_error")
+    assert "no-such-set" in job.error_message  # the root as the user wrote it
+    data_dir = str(service_settings.data_dir.resolve())
+    assert data_dir not in job.error_message and not re.search(r"(^|\s)/\w", job.error_message), job.error_message

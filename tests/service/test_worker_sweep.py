@@ -13,7 +13,7 @@ from jobs.errors import FenceLost
 from jobs.outbox import Housekeeper
 from jobs.repository import JobRepository
 from jobs.settings import Settings
-from jobs.status import JobPhase
+from jobs.status import JobPhase, JobStatus
 from worker.celery_app import CeleryQueue
 
 
@@ -81,7 +81,7 @@ def test_expired_lease_requeues_then_fails_with_worker_lost(service_settings, re
         assert repo.claim(job_id, "other", service_settings.lease_seconds) is None  # the CAS admits one claimer
         _expire_lease(service_settings, job_id)
         counts = housekeeper.sweep()
-        assert counts["requeued"] == 1 and counts["published"] >= 1
+        assert counts[JobStatus.QUEUED] == 1 and counts["published"] >= 1
         job = get_job(service_settings, job_id)
         assert job.status == "queued" and job.worker_id is None and job.published_at is not None
 
@@ -97,12 +97,12 @@ def test_expired_lease_requeues_then_fails_with_worker_lost(service_settings, re
         repo.set_phase(job_id, second, JobPhase.TRAINING)
         assert not repo.is_owner(job_id, first) and repo.is_owner(job_id, second)
         _expire_lease(service_settings, job_id)
-        assert housekeeper.sweep()["failed"] == 1
+        assert housekeeper.sweep()[JobStatus.FAILED] == 1
         job = get_job(service_settings, job_id)
         assert job.status == "failed" and job.error_code == "worker_lost" and job.finished_at is not None
         types = [(e.type, e.attempt, e.data.get("status")) for e in job_events(service_settings, job_id)]
         assert ("requeued", 1, "queued") in types and types[-1] == ("status", 2, "failed")
-        assert housekeeper.sweep()["failed"] == 0  # terminal states never change
+        assert housekeeper.sweep()[JobStatus.FAILED] == 0  # terminal states never change
     finally:
         if get_job(service_settings, job_id).status == "queued":
             _cancel(service_settings, job_id)
@@ -115,7 +115,7 @@ def test_expired_lease_of_cancelling_job_ends_cancelled(service_settings, repo, 
         session.execute(text("UPDATE jobs SET status='cancelling', cancel_requested=true WHERE id=:id"),
                         {"id": job_id})
     _expire_lease(service_settings, job_id)
-    assert housekeeper.sweep()["cancelled"] == 1
+    assert housekeeper.sweep()[JobStatus.CANCELLED] == 1
     assert get_job(service_settings, job_id).status == "cancelled"
 
 
@@ -128,10 +128,10 @@ def test_no_lease_is_declared_lost_until_the_database_was_seen_healthy_for_a_lea
         assert repo.claim(job_id, "slow-worker", settings.lease_seconds) == 1
         _expire_lease(settings, job_id)
         keeper._database_ok()  # the database just came back
-        assert keeper.sweep()["requeued"] == 0
+        assert keeper.sweep()[JobStatus.QUEUED] == 0
         assert get_job(settings, job_id).status == "running"
         time.sleep(settings.lease_seconds + 0.1)
-        assert keeper.sweep()["requeued"] == 1
+        assert keeper.sweep()[JobStatus.QUEUED] == 1
     finally:
         _cancel(settings, job_id)
 
@@ -141,3 +141,37 @@ def test_worker_relay_publishes_a_job_committed_while_no_worker_ran(service_sett
     worker = start_worker()
     job = wait_for_status(service_settings, job_id, ("succeeded", "failed"), 90, [worker])
     assert job.status == "succeeded" and job.attempt == 1 and job.published_at is not None
+
+
+def test_a_stale_attempt_cannot_replace_the_checkpoint_of_a_newer_one(service_settings, repo):
+    """The ownership check sits between writing the temporary file and the rename (item 12)."""
+    import uuid
+
+    import torch
+
+    from hcd_core.checkpoint import save_checkpoint
+    from jobs.storage import LocalStore
+    from worker.runner import Attempt
+
+    job_id = insert_job(service_settings, tiny_spec(), published=True)
+    try:
+        assert repo.claim(job_id, "frozen-worker", service_settings.lease_seconds) == 1
+        stale = Attempt(service_settings, repo.load_attempt(uuid.UUID(job_id)))
+        # Attempt 1 froze; its lease was given up and attempt 2 took the job and checkpointed.
+        assert repo.hand_back(job_id, 1, reason="lease_expired") is not None
+        assert repo.claim(job_id, "new-worker", service_settings.lease_seconds) == 2
+        current = Attempt(service_settings, repo.load_attempt(uuid.UUID(job_id)))
+        folder = LocalStore(service_settings.data_dir).checkpoint_dir(job_id)
+        folder.mkdir(parents=True)
+        path = folder / "checkpoint.pt"
+        path.write_bytes(b"attempt 2's checkpoint")
+
+        with pytest.raises(FenceLost):
+            save_checkpoint(path, {"weights": torch.zeros(3)}, before_replace=stale.checkpoint_guard)
+        assert path.read_bytes() == b"attempt 2's checkpoint"
+        assert sorted(p.name for p in folder.iterdir()) == ["checkpoint.pt"]  # no temporary file left
+
+        save_checkpoint(path, {"weights": torch.ones(3)}, before_replace=current.checkpoint_guard)
+        assert torch.load(path, weights_only=True)["weights"].sum() == 3
+    finally:
+        _cancel(service_settings, job_id)
