@@ -45,13 +45,17 @@ def _reject_constant(name: str) -> None:
 
 
 def parse_json_body(raw: bytes) -> Any:
+    """The JSON document of a request body: UTF-8 (RFC 8259), finite numbers, storable strings."""
     try:
-        body = json.loads(raw, parse_constant=_reject_constant)
+        text = raw.decode("utf-8")
+        body = json.loads(text, parse_constant=_reject_constant)
+    except UnicodeDecodeError:
+        raise ProblemError(400, "invalid_json", "request body is not UTF-8 encoded JSON") from None
     except (ValueError, RecursionError) as err:  # JSONDecodeError, huge ints, NaN, deep nesting
         msg = str(err)[:200] if not isinstance(err, RecursionError) else "nested too deeply"
         raise ProblemError(400, "invalid_json", f"request body is not valid JSON: {msg}") from None
-    # Such characters can only arrive as \u escapes; only then is the walk needed.
-    if b"\\u" in raw and not all_strings_storable(body):
+    # NUL and lone surrogates can only arrive as \u escapes; only then is the walk needed.
+    if "\\u" in text and not all_strings_storable(body):
         raise ProblemError(400, "invalid_json", "strings must be valid Unicode without NUL (\\u0000) characters")
     return body
 
@@ -81,7 +85,7 @@ def parse_submission(body: Any) -> tuple[JobSpec, dict[str, str]]:
                            errors=[{"loc": "body", "msg": "must be a JSON object"}])
     unknown = sorted(set(body) - {"spec", "metadata"})
     if unknown or "spec" not in body:
-        errors = [{"loc": k, "msg": "unknown field (the spec goes under 'spec')"} for k in unknown]
+        errors = [{"loc": k or '""', "msg": "unknown field (the spec goes under 'spec')"} for k in unknown]
         if "spec" not in body:
             errors.append({"loc": "spec", "msg": "field required"})
         raise ProblemError(422, "validation_error", 'body must be {"spec": {...}, "metadata": {...}}', errors=errors)
@@ -90,8 +94,8 @@ def parse_submission(body: Any) -> tuple[JobSpec, dict[str, str]]:
     try:
         spec = JobSpec.model_validate(raw_spec)
     except ValidationError as err:
-        errors = pydantic_errors(err.errors(include_url=False), raw_spec)
-        names = ", ".join(dict.fromkeys(e["loc"] or "spec" for e in errors))
+        errors = [{**e, "loc": e["loc"] or "spec"} for e in pydantic_errors(err.errors(include_url=False), raw_spec)]
+        names = ", ".join(dict.fromkeys(e["loc"] for e in errors))
         raise ProblemError(422, "invalid_spec", f"invalid spec: {names}", errors=errors) from None
     return spec, metadata
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from typing import Any
 
 EXIT_BAD_INPUT = 2
@@ -20,10 +21,11 @@ def _database_url(args: argparse.Namespace) -> str:
 
 
 def _session(args: argparse.Namespace) -> Any:
+    from hcd_cli.server_cmds import load_settings
     from jobs.db import database
-    from jobs.settings import Settings
 
-    return database(Settings(database_url=_database_url(args))).session()
+    # Through load_settings: an invalid HCD_* variable is a one-line message here too, not a traceback.
+    return database(load_settings(database_url=_database_url(args))).session()
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
@@ -37,8 +39,12 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 def cmd_keys_create(args: argparse.Namespace) -> int:
     from jobs.keys import create_key
 
-    with _session(args) as session:
-        key = create_key(session, args.owner)
+    try:
+        with _session(args) as session:
+            key = create_key(session, args.owner)
+    except ValueError as err:  # an empty or overlong owner
+        print(f"hcd: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     # Printed once: only its hash is stored.
     print(key)
     print(f"API key for owner {args.owner!r} created; store it now, it cannot be shown again.", file=sys.stderr)
@@ -78,26 +84,44 @@ def cmd_keys_revoke(args: argparse.Namespace) -> int:
     return 0
 
 
+def _reachable(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """An unreachable database is one line on stderr (exit 1), not a traceback."""
+
+    def run(args: argparse.Namespace) -> int:
+        from jobs.db import database_unavailable
+
+        try:
+            return func(args)
+        except Exception as err:
+            if not database_unavailable(err):
+                raise
+            reason = str(getattr(err, "orig", None) or err).strip().splitlines()[0]
+            print(f"hcd: cannot reach the database: {reason}", file=sys.stderr)
+            return 1
+
+    return run
+
+
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     migrate = subparsers.add_parser("migrate", help="apply database migrations (HCD_DATABASE_URL)")
     migrate.add_argument("--database-url", help="default: HCD_DATABASE_URL")
     migrate.add_argument("--revision", default="head", help="target revision (default: head)")
-    migrate.set_defaults(func=cmd_migrate)
+    migrate.set_defaults(func=_reachable(cmd_migrate))
 
     keys = subparsers.add_parser("keys", help="manage API keys")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
     create = keys_sub.add_parser("create", help="create an API key and print it once")
     create.add_argument("--owner", required=True, help="owner name (jobs are scoped to it)")
     create.add_argument("--database-url", help="default: HCD_DATABASE_URL")
-    create.set_defaults(func=cmd_keys_create)
+    create.set_defaults(func=_reachable(cmd_keys_create))
 
     listing = keys_sub.add_parser("list", help="list API keys (their prefixes; keys themselves are not stored)")
     listing.add_argument("--owner", help="only this owner's keys")
     listing.add_argument("--all", action="store_true", help="include revoked keys")
     listing.add_argument("--database-url", help="default: HCD_DATABASE_URL")
-    listing.set_defaults(func=cmd_keys_list)
+    listing.set_defaults(func=_reachable(cmd_keys_list))
 
     revoke = keys_sub.add_parser("revoke", help="revoke a key, given as its id, the key itself or its prefix")
     revoke.add_argument("key", metavar="KEY")
     revoke.add_argument("--database-url", help="default: HCD_DATABASE_URL")
-    revoke.set_defaults(func=cmd_keys_revoke)
+    revoke.set_defaults(func=_reachable(cmd_keys_revoke))

@@ -169,17 +169,29 @@ class Child:
         self.started_at = time.monotonic()
         self.restart_at = None
 
+    def _signal_leftovers(self, sig: int) -> None:
+        """Signal what is left of a dead child's process group: uvicorn's worker processes outlive their
+        supervisor (still serving on the port, which a new API could then not bind)."""
+        if self.proc is None:
+            return
+        try:
+            os.killpg(self.proc.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass  # nothing left
+
     def check(self) -> None:
         """Start a dead child again after its backoff (doubling while it keeps dying young)."""
         now = time.monotonic()
         if self.restart_at is not None:
             if now >= self.restart_at:
+                self._signal_leftovers(signal.SIGKILL)  # those that ignored the SIGTERM below
                 self.restarts += 1
                 _say(f"starting the {self.name} again (restart {self.restarts})")
                 self.start()
             return
         if self.proc is None or self.proc.poll() is None:
             return
+        self._signal_leftovers(signal.SIGTERM)
         if now - self.started_at >= _HEALTHY_AFTER:
             self.backoff = _BACKOFF_FIRST
         print(f"hcd up: the {self.name} exited with code {self.proc.returncode}; starting it again in "
@@ -189,7 +201,10 @@ class Child:
 
     def stop(self) -> None:
         proc = self.proc
-        if proc is None or proc.poll() is not None:
+        if proc is None:
+            return
+        if proc.poll() is not None:  # died, its restart still pending: only leftovers to stop
+            self._signal_leftovers(signal.SIGKILL)
             return
         try:
             os.killpg(proc.pid, signal.SIGTERM)

@@ -83,7 +83,7 @@ def resolve_teacher(
         keys = dict(session.execute(
             select(Artifact.name, Artifact.path)
             .where(Artifact.job_id == job_id, Artifact.name.in_((WEIGHTS_NAME, CARD_NAME)))
-        ).tuples().all())
+        ).all())
         if WEIGHTS_NAME not in keys:
             raise TeacherError(loc, f"the teacher job has no exported {WEIGHTS_NAME}")
         trained = row.spec.get("student", {}).get("arch")
