@@ -65,6 +65,8 @@ def _recovery(client: httpx.Client, job_id: str) -> float:
 
 
 def _summary(samples: list[tuple[int, str, float]]) -> dict[str, object]:
+    if not samples:
+        return {}
     good = [s for s in samples if s[0] == 503 and s[1] == "database_unavailable" and s[2] < DEADLINE]
     latencies = [s[2] for s in samples]
     return {"answered_503_within_10s": f"{len(good)} of {len(samples)}",
