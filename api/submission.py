@@ -14,10 +14,11 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from api.problems import ProblemError, pydantic_errors
+from api.problems import ProblemError
 from hcd_core.hashing import sha256_json
 from hcd_core.resources import estimate_memory
 from hcd_core.spec import JobSpec
+from hcd_core.validation import error_locations
 from jobs.errors import InvalidInput
 from jobs.jsonutil import all_strings_storable
 from jobs.repository import JobRepository, NewJob
@@ -94,7 +95,7 @@ def parse_submission(body: Any) -> tuple[JobSpec, dict[str, str]]:
     try:
         spec = JobSpec.model_validate(raw_spec)
     except ValidationError as err:
-        errors = [{**e, "loc": e["loc"] or "spec"} for e in pydantic_errors(err.errors(include_url=False), raw_spec)]
+        errors = [{**e, "loc": e["loc"] or "spec"} for e in error_locations(err.errors(include_url=False), raw_spec)]
         names = ", ".join(dict.fromkeys(e["loc"] for e in errors))
         raise ProblemError(422, "invalid_spec", f"invalid spec: {names}", errors=errors) from None
     return spec, metadata
