@@ -17,14 +17,15 @@ from fastapi.openapi.utils import get_openapi
 from api.auth import KeyCache
 from api.bodies import BodySizeLimit
 from api.problems import install_problem_handlers
-from api.routes import health, jobs, models
-from api.schemas import SubmitJobRequest
+from api.routes import health, jobs, models, sweeps
+from api.schemas import SubmitJobRequest, SubmitSweepRequest
 from jobs.db import database
 from jobs.keys import ensure_bootstrap_key
 from jobs.repository import JobRepository
 from jobs.settings import Settings, get_settings
 from jobs.storage import LocalStore
 from jobs.streams import StatusStream
+from jobs.sweeps import SweepRepository
 
 _log = logging.getLogger("hcd.api")
 HOT_PATH_THREADS = 4  # threads for the hot routes' database calls, per API process (see api.deps.in_db_thread)
@@ -95,6 +96,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.db = db
     app.state.repo = JobRepository(db, notify=status_stream)
+    app.state.sweeps = SweepRepository(app.state.repo)
     app.state.store = store
     app.state.status_stream = status_stream
     app.state.key_cache = KeyCache()
@@ -107,15 +109,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(jobs.router)
     app.include_router(models.router)
+    app.include_router(sweeps.router)
     app.add_api_route("/", lambda: {"service": "hcd", "docs": "/docs"}, include_in_schema=False)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
-            submit = SubmitJobRequest.model_json_schema(ref_template="#/components/schemas/{model}")
             components = schema.setdefault("components", {}).setdefault("schemas", {})
-            components.update(submit.pop("$defs", {}))
-            components["SubmitJobRequest"] = submit
+            for model in (SubmitJobRequest, SubmitSweepRequest):
+                body = model.model_json_schema(ref_template="#/components/schemas/{model}")
+                components.update(body.pop("$defs", {}))
+                components[model.__name__] = body
             schema["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
             schema["security"] = [{"bearer": []}]
             app.openapi_schema = schema

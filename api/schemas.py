@@ -46,6 +46,7 @@ class JobOut(BaseModel):
     updated_at: datetime
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    sweep_id: uuid.UUID | None = Field(None, description="The sweep this job is a run of, if any.")
 
 
 class Page(BaseModel):
@@ -115,3 +116,49 @@ class ModelList(Page):
 class Health(BaseModel):
     status: str
     checks: dict[str, str] | None = None
+
+
+class SubmitSweepRequest(BaseModel):
+    """Body of `POST /sweeps`: a base spec, a grid of dotted spec paths to values, and seeds."""
+
+    model_config = ConfigDict(extra="forbid")
+    base: JobSpec
+    grid: dict[str, list[Any]] = Field(
+        default_factory=dict, description='{"method.temperature": [1, 4], "training.lr": [0.05, 0.1]}: the cells '
+                                          "are the cartesian product, each run once per seed (at most 256 runs).")
+    seeds: list[int] = Field(default_factory=lambda: [42], description="Default: the base spec's seed.")
+    metadata: dict[str, str] = Field(default_factory=dict, description="Labels given to every job of the sweep.")
+
+
+class MetricSummary(BaseModel):
+    mean: float | None
+    std: float | None = Field(description="Sample standard deviation over the runs (0 for one run).")
+    runs: int
+
+
+class SweepCell(BaseModel):
+    index: int
+    values: dict[str, Any] = Field(description="The grid values of this cell, by dotted spec path.")
+    job_ids: list[uuid.UUID]
+    n: int
+    succeeded: int
+    val_top1: MetricSummary = Field(description="Final validation top-1 of the succeeded runs.")
+    best_val_top1: MetricSummary
+
+
+class SweepOut(BaseModel):
+    id: uuid.UUID
+    object: Literal["sweep"] = "sweep"
+    status: JobStatus = Field(description="Derived from its jobs.")
+    base: dict[str, Any]
+    grid: dict[str, list[Any]]
+    seeds: list[int]
+    metadata: dict[str, str]
+    created_at: datetime
+    runs: int
+    counts: dict[str, int] = Field(description="Jobs by status.")
+    cells: list[SweepCell] | None = Field(None, description="Per cell: its jobs and metrics (not in lists).")
+
+
+class SweepList(Page):
+    data: list[SweepOut]

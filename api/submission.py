@@ -18,13 +18,15 @@ from api.problems import ProblemError
 from hcd_core.hashing import sha256_json
 from hcd_core.resources import estimate_memory
 from hcd_core.spec import JobSpec
+from hcd_core.sweep import SweepError, expand
 from hcd_core.validation import error_locations
 from jobs.errors import InvalidInput
 from jobs.jsonutil import all_strings_storable
 from jobs.repository import JobRepository, NewJob
 from jobs.settings import Settings
 from jobs.storage import ArtifactStore
-from jobs.teachers import resolve_teacher
+from jobs.sweeps import NewSweep, SweepRepository
+from jobs.teachers import TeacherRef, resolve_teacher
 
 MAX_METADATA_KEYS = 32
 MAX_METADATA_KEY_LEN = 64
@@ -152,12 +154,12 @@ def create_job(repo: JobRepository, store: ArtifactStore, settings: Settings, ow
     teacher = None
     if spec.teacher is not None and spec.teacher.weights.source != "timm":
         with repo.db.session() as session:
-            teacher = resolve_teacher(session, store, owner, spec)
+            teacher = resolve_teacher(session, store, owner, spec, allow_pending=True)
     new = NewJob(owner=owner, spec=spec.resolved().model_dump(mode="json"), metadata=metadata, request_hash=digest,
                  idempotency_key=idempotency_key, teacher_job_id=teacher.job_id if teacher else None,
                  teacher_model_id=teacher.model_id if teacher else None)
     job = repo.create(new, max_attempts=settings.max_attempts, runtime_limit_seconds=settings.job_runtime_limit_seconds,
-                      active_cap=settings.max_active_jobs_per_owner)
+                      queued_cap=settings.max_queued_jobs_per_owner)
     if job is not None:
         return job, False
     # An Idempotency-Key conflict: a concurrent request with the same key won the race.
@@ -176,3 +178,78 @@ def _replay(repo: JobRepository, owner: str, key: str, digest: str) -> dict[str,
         raise ProblemError(422, "idempotency_conflict",
                            "this Idempotency-Key was already used with a different request body")
     return job
+
+
+# --------------------------------------------------------------------------- sweeps
+def _prefixed(err: InvalidInput, prefix: str) -> InvalidInput:
+    """The same error about one run of a sweep: its locations under `cells.N.spec.`."""
+    errors = [{**e, "loc": f"{prefix}.{e['loc']}"} for e in err.errors]
+    names = ", ".join(dict.fromkeys(e["loc"] for e in errors))
+    return InvalidInput(f"invalid sweep: {names}", code=err.code, errors=errors)
+
+
+def _parse_sweep(body: Any) -> tuple[dict[str, Any], dict[str, list[Any]], list[int], dict[str, str]]:
+    if not isinstance(body, dict):
+        raise ProblemError(422, "validation_error", 'body must be an object {"base", "grid", "seeds", "metadata"}',
+                           errors=[{"loc": "body", "msg": "must be a JSON object"}])
+    unknown = sorted(set(body) - {"base", "grid", "seeds", "metadata"})
+    errors = [{"loc": k or '""', "msg": "unknown field"} for k in unknown]
+    base, grid, seeds = body.get("base"), body.get("grid", {}), body.get("seeds")
+    if not isinstance(base, dict):
+        errors.append({"loc": "base", "msg": "the base spec (an object) is required"})
+    if not isinstance(grid, dict):
+        errors.append({"loc": "grid", "msg": 'an object {"dotted.spec.path": [values]}'})
+    if seeds is None and isinstance(base, dict):
+        seeds = [base.get("seed", 42)]
+    if not isinstance(seeds, list) or not all(isinstance(x, int) and not isinstance(x, bool) for x in seeds):
+        errors.append({"loc": "seeds", "msg": "a list of integer seeds"})
+    if errors:
+        raise ProblemError(422, "validation_error", "invalid sweep", errors=errors)
+    metadata = _check_metadata(body.get("metadata") or {})
+    return base, grid, seeds, metadata  # type: ignore[return-value]  # each checked just above
+
+
+def create_sweep(sweeps: SweepRepository, store: ArtifactStore, settings: Settings, owner: str, body: Any,
+                 idempotency_key: str | None) -> tuple[dict[str, Any], bool]:
+    """Validate every run of the grid, then create the sweep and its jobs. Returns (sweep, replayed)."""
+    base, grid, seeds, metadata = _parse_sweep(body)
+    try:
+        cells = expand(base, grid, seeds)
+    except SweepError as err:
+        raise InvalidInput(f"invalid sweep: {err}", code="invalid_sweep", errors=err.errors) from None
+    digest = sha256_json(body)
+    if idempotency_key is not None and (found := sweeps.find_replay(owner, idempotency_key)) is not None:
+        if found[0] != digest:
+            raise ProblemError(422, "idempotency_conflict",
+                               "this Idempotency-Key was already used with a different request body")
+        return found[1], True
+    runs: list[NewJob] = []
+    teachers: dict[str, TeacherRef | None] = {}
+    with sweeps.db.session() as session:
+        for cell in cells:
+            for spec in cell.specs:
+                try:
+                    check_dataset_root(spec, settings)
+                    check_memory(spec, settings)
+                    ref_key = spec.teacher.model_dump_json() if spec.teacher else ""
+                    if ref_key not in teachers:
+                        teachers[ref_key] = (resolve_teacher(session, store, owner, spec, allow_pending=True)
+                                             if spec.teacher and spec.teacher.weights.source != "timm" else None)
+                except InvalidInput as err:
+                    raise _prefixed(err, f"cells.{cell.index}.spec") from None
+                teacher = teachers[ref_key]
+                runs.append(NewJob(owner=owner, spec=spec.resolved().model_dump(mode="json"), metadata=metadata,
+                                   sweep_cell=cell.index, teacher_job_id=teacher.job_id if teacher else None,
+                                   teacher_model_id=teacher.model_id if teacher else None))
+    new = NewSweep(owner=owner, base=base, grid=grid, seeds=seeds, metadata=metadata, request_hash=digest,
+                   idempotency_key=idempotency_key,
+                   cells=[{"index": cell.index, "values": cell.values} for cell in cells])
+    doc = sweeps.create(new, runs, max_attempts=settings.max_attempts,
+                        runtime_limit_seconds=settings.job_runtime_limit_seconds,
+                        queued_cap=settings.max_queued_jobs_per_owner)
+    if doc is not None:
+        return doc, False
+    found = sweeps.find_replay(owner, idempotency_key or "")
+    if found is None:  # pragma: no cover - the winner's row must exist after the conflict
+        raise ProblemError(409, "conflict", "concurrent submission; retry")
+    return found[1], True

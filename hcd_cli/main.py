@@ -23,6 +23,7 @@ _COMMANDS: dict[str, str] = {
     "watch": "hcd_cli.client_cmds",
     "cancel": "hcd_cli.client_cmds",
     "download": "hcd_cli.client_cmds",
+    "sweep": "hcd_cli.sweep_cmds",  # a grid x seeds: locally (hcd train subprocesses) or on the service
 }
 
 

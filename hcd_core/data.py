@@ -1,14 +1,17 @@
 """Datasets, augmentation and deterministic batch iteration.
 
 Two kinds of data:
-- tensor datasets (`digits`, `synthetic`): held in memory at a small base resolution in [0, 1];
-  each batch is upscaled, augmented on tensors and normalised in one go (cheap, no DataLoader).
+- tensor datasets (`digits`, `digits_hard`, `synthetic`): held in memory at a small base resolution
+  in [0, 1]; each batch is upscaled, augmented on tensors and normalised in one go (no DataLoader).
 - file datasets (`cifar10`, `cifar100`, `imagefolder`): torchvision datasets with per-sample
   transforms, read through a DataLoader.
 
 Shuffling and augmentation are pure functions of an `epoch_seed` (drawn by the trainer from a
 checkpointed generator) and the sample/batch index, so a run resumed mid-epoch sees exactly the
 batches an uninterrupted run would have seen.
+
+Every dataset is a fixed function of its spec, never of the job seed: the digits split, the
+digits_hard copies, the synthetic task and the `eval_split: holdout` split all use seeds of their own.
 """
 
 from __future__ import annotations
@@ -22,14 +25,20 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.utils.data import Subset
 
 from hcd_core.dataset_facts import (
+    DIGITS_HARD_BASE_SIZE,
+    DIGITS_HARD_COPIES,
     DIGITS_TRAIN_FRACTION,
     FIXED_NUM_CLASSES,
+    HOLDOUT_FRACTION,
     SYNTHETIC_BASE_MAX,
+    SYNTHETIC_NOISE,
     SYNTHETIC_NUM_CLASSES,
     SYNTHETIC_TRAIN_SIZE,
     SYNTHETIC_VAL_SIZE,
+    TENSOR_DATASETS,
 )
 from hcd_core.errors import DatasetUnavailable as DatasetUnavailable
 from hcd_core.spec import DatasetSpec
@@ -41,11 +50,22 @@ CIFAR100_NORM: Norm = ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))
 IMAGENET_NORM: Norm = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 # Computed once over the training split at 32 px (grey digits: the same value on every channel).
 DIGITS_NORM: Norm = ((0.3058, 0.3058, 0.3058), (0.3239, 0.3239, 0.3239))
-# Computed once over the default synthetic training set.
+# Computed once over the training split at 32 px.
+DIGITS_HARD_NORM: Norm = ((0.2881, 0.2881, 0.2881), (0.2785, 0.2785, 0.2785))
+# Computed once over the default synthetic training set (noise 0.2).
 SYNTHETIC_NORM: Norm = ((0.4796, 0.4751, 0.4875), (0.2923, 0.2845, 0.2896))
 
 DIGITS_SPLIT_SEED = 20240601  # fixed: the digits train/test split never depends on the job seed
+DIGITS_HARD_SEED = 8080  # fixed: digits_hard's transforms and noise
 SYNTHETIC_SEED = 1234  # fixed: the synthetic task never depends on the job seed
+HOLDOUT_SEED = 5150  # fixed: the eval_split "holdout" split of a training set
+
+# digits_hard: the random affine transform of each copy (ranges of uniform draws) and the noise.
+DIGITS_HARD_ROTATION_DEG = 25.0  # rotation in [-25, 25] degrees
+DIGITS_HARD_SCALE = (0.85, 1.15)
+DIGITS_HARD_SHIFT_PX = 2.0  # translation in [-2, 2] pixels of the 8x8 original, each axis
+DIGITS_HARD_SHEAR_DEG = 10.0
+DIGITS_HARD_NOISE = 0.15  # std of the per-pixel Gaussian noise, on images in [0, 1]
 
 # A per-sample torchvision transform: a PIL image in, a normalised tensor out.
 Transform = Callable[[Any], Tensor]
@@ -236,10 +256,68 @@ def digits_arrays() -> tuple[Tensor, Tensor, Tensor, Tensor]:
     return x[tr], y[tr], x[te], y[te]
 
 
+def holdout_split(num_samples: int) -> tuple[Tensor, Tensor]:
+    """(train indices, holdout indices) of a training set of `num_samples`: a fixed random
+    `HOLDOUT_FRACTION` (at least one sample) held out, independent of the job seed; each part sorted."""
+    if num_samples < 2:
+        raise ValueError(f"eval_split 'holdout' needs at least 2 training samples, got {num_samples}")
+    n_out = min(num_samples - 1, max(1, round(num_samples * HOLDOUT_FRACTION)))
+    perm = torch.randperm(num_samples, generator=torch.Generator().manual_seed(HOLDOUT_SEED))
+    return perm[n_out:].sort().values, perm[:n_out].sort().values
+
+
+def _affine_copies(x: Tensor, copies: int, gen: torch.Generator) -> Tensor:
+    """`copies` random affine transforms of each image of x (N, 1, h, w) in [0, 1], image-major
+    (the copies of image i are rows i*copies .. i*copies + copies - 1), plus Gaussian noise."""
+    m = x.shape[0] * copies
+    src = x.repeat_interleave(copies, dim=0)
+
+    def uniform(lo: float, hi: float) -> Tensor:
+        return torch.rand(m, generator=gen, dtype=torch.float64) * (hi - lo) + lo
+
+    rot = torch.deg2rad(uniform(-DIGITS_HARD_ROTATION_DEG, DIGITS_HARD_ROTATION_DEG))
+    shear = torch.deg2rad(uniform(-DIGITS_HARD_SHEAR_DEG, DIGITS_HARD_SHEAR_DEG))
+    scale = uniform(*DIGITS_HARD_SCALE)
+    shift = DIGITS_HARD_SHIFT_PX * 2.0 / 8.0  # pixels of the 8x8 original in [-1, 1] coordinates
+    tx, ty = uniform(-shift, shift), uniform(-shift, shift)
+    # theta maps output coordinates to where they sample the input: rotation @ shear, divided by the
+    # scale (a scale > 1 enlarges the digit), then the translation.
+    cos, sin, tan = torch.cos(rot), torch.sin(rot), torch.tan(shear)
+    theta = torch.zeros(m, 2, 3, dtype=torch.float64)
+    theta[:, 0, 0], theta[:, 0, 1] = cos / scale, (cos * tan - sin) / scale
+    theta[:, 1, 0], theta[:, 1, 1] = sin / scale, (sin * tan + cos) / scale
+    theta[:, 0, 2], theta[:, 1, 2] = tx, ty
+    grid = F.affine_grid(theta.float(), list(src.shape), align_corners=False)
+    out = F.grid_sample(src, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    noise = torch.randn(out.shape, generator=gen) * DIGITS_HARD_NOISE
+    return out.add_(noise).clamp_(0.0, 1.0)
+
+
+def digits_hard_arrays(holdout: bool = False) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """digits made harder: each original of the fixed digits split, upscaled to 16x16, gives
+    `DIGITS_HARD_COPIES` fixed random affine copies with noise (train copies from the train
+    originals only, test copies from the test originals). `holdout`: the train originals split by
+    `holdout_split`, every copy of an original on the side of its original (no leak between them)."""
+    xtr, ytr, xte, yte = digits_arrays()
+    size = (DIGITS_HARD_BASE_SIZE, DIGITS_HARD_BASE_SIZE)
+    gen = torch.Generator().manual_seed(DIGITS_HARD_SEED)
+    k = DIGITS_HARD_COPIES
+    train = _affine_copies(F.interpolate(xtr, size=size, mode="bilinear", align_corners=False), k, gen)
+    train_y = ytr.repeat_interleave(k)
+    if holdout:
+        keep, out = holdout_split(len(ytr))
+        rows_keep = (keep.unsqueeze(1) * k + torch.arange(k)).reshape(-1)
+        rows_out = (out.unsqueeze(1) * k + torch.arange(k)).reshape(-1)
+        return train[rows_keep], train_y[rows_keep], train[rows_out], train_y[rows_out]
+    test = _affine_copies(F.interpolate(xte, size=size, mode="bilinear", align_corners=False), k, gen)
+    return train, train_y, test, yte.repeat_interleave(k)
+
+
 def synthetic_arrays(
-    num_classes: int, train_size: int, val_size: int, image_size: int
+    num_classes: int, train_size: int, val_size: int, image_size: int, noise: float = SYNTHETIC_NOISE
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """A learnable random task: smooth class prototypes plus per-sample noise and brightness, in [0, 1]."""
+    """A learnable random task: smooth class prototypes plus per-sample noise (std `noise`) and
+    brightness, in [0, 1]. The train split is drawn first, so it does not depend on `val_size`."""
     gen = torch.Generator().manual_seed(SYNTHETIC_SEED)
     base = min(image_size, SYNTHETIC_BASE_MAX)
     coarse = torch.randn(num_classes, 3, 4, 4, generator=gen)
@@ -249,13 +327,39 @@ def synthetic_arrays(
     def sample(n: int) -> tuple[Tensor, Tensor]:
         y = torch.arange(n) % num_classes
         y = y[torch.randperm(n, generator=gen)]
-        noise = torch.randn(n, 3, base, base, generator=gen) * 0.2
+        pixel_noise = torch.randn(n, 3, base, base, generator=gen) * noise
         shift = torch.randn(n, 1, 1, 1, generator=gen) * 0.1
-        return (protos[y] + noise + shift).clamp_(0.0, 1.0), y
+        return (protos[y] + pixel_noise + shift).clamp_(0.0, 1.0), y
 
     xtr, ytr = sample(train_size)
     xva, yva = sample(val_size)
     return xtr, ytr, xva, yva
+
+
+def tensor_dataset(spec: DatasetSpec) -> tuple[Tensor, Tensor, Tensor, Tensor, int, list[str] | None, Norm]:
+    """(train x, train y, eval x, eval y, classes, class names, norm) of a tensor dataset; the eval
+    split is the test split or, with `eval_split: holdout`, the held-out part of the training set."""
+    holdout = spec.eval_split == "holdout"
+    if spec.name == "digits_hard":
+        xtr, ytr, xva, yva = digits_hard_arrays(holdout=holdout)
+        return xtr, ytr, xva, yva, 10, [str(i) for i in range(10)], DIGITS_HARD_NORM
+    if spec.name == "digits":
+        xtr, ytr, xva, yva = digits_arrays()
+        nc, names, norm = FIXED_NUM_CLASSES["digits"], [str(i) for i in range(10)], DIGITS_NORM
+    elif spec.name == "synthetic":
+        nc = spec.num_classes or SYNTHETIC_NUM_CLASSES
+        val_size = 0 if holdout else spec.val_size or SYNTHETIC_VAL_SIZE
+        noise = SYNTHETIC_NOISE if spec.noise is None else spec.noise
+        xtr, ytr, xva, yva = synthetic_arrays(
+            nc, spec.train_size or SYNTHETIC_TRAIN_SIZE, val_size, spec.image_size, noise
+        )
+        names, norm = None, SYNTHETIC_NORM
+    else:
+        raise ValueError(f"{spec.name!r} is not a tensor dataset")
+    if holdout:
+        keep, out = holdout_split(len(ytr))
+        xtr, ytr, xva, yva = xtr[keep], ytr[keep], xtr[out], ytr[out]
+    return xtr, ytr, xva, yva, nc, names, norm
 
 
 def _torchvision_transforms(name: str, image_size: int, augment: str, norm: Norm, train: bool) -> Transform:
@@ -330,17 +434,8 @@ def build_data(
     train: BatchSource
     val: BatchSource
     names: list[str] | None
-    if spec.name in ("digits", "synthetic"):
-        if spec.name == "digits":
-            xtr, ytr, xva, yva = digits_arrays()
-            nc = FIXED_NUM_CLASSES["digits"]
-            names, dnorm = [str(i) for i in range(nc)], DIGITS_NORM
-        else:
-            nc = spec.num_classes or SYNTHETIC_NUM_CLASSES
-            xtr, ytr, xva, yva = synthetic_arrays(
-                nc, spec.train_size or SYNTHETIC_TRAIN_SIZE, spec.val_size or SYNTHETIC_VAL_SIZE, size
-            )
-            names, dnorm = None, SYNTHETIC_NORM
+    if spec.name in TENSOR_DATASETS:
+        xtr, ytr, xva, yva, nc, names, dnorm = tensor_dataset(spec)
         norm = norm or dnorm
         train = TensorBatches(xtr, ytr, image_size=size, norm=norm, batch_size=batch_size, augment=augment, train=True)
         val = TensorBatches(xva, yva, image_size=size, norm=norm, batch_size=eval_bs, train=False)
@@ -348,6 +443,9 @@ def build_data(
         root = resolve_root(spec.root, data_root)
         assert root is not None  # the spec requires a root for file datasets
         base_tr, base_va, names, dnorm = _file_datasets(spec, root)
+        if spec.eval_split == "holdout":  # one base dataset: transforms are applied by LoaderBatches
+            keep, out = holdout_split(len(base_tr))
+            base_tr, base_va = Subset(base_tr, keep.tolist()), Subset(base_tr, out.tolist())
         nc = len(names)
         norm = norm or dnorm
         train = LoaderBatches(

@@ -24,6 +24,7 @@ as training goes).
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,7 +43,7 @@ from hcd_core.export import (
     MetricsLog,
     build_model_card,
     write_json,
-    write_student_weights,
+    write_state_dict,
 )
 from hcd_core.features import StudentNet, build_student
 from hcd_core.hashing import sha256_file, sha256_json
@@ -155,12 +156,16 @@ def build(
         spec.dataset, batch_size=required(t.batch_size, "batch_size"), augment=required(t.augment, "augment"),
         num_workers=required(t.num_workers, "num_workers"), data_root=data_root,
     )
+    # The student first, from an RNG of its own: for a given seed every method starts from the same
+    # student weights (paired comparisons), whatever the teacher and the method's extras draw.
+    num_stages = spec.method.num_stages if isinstance(spec.method, StageConfig) else 4
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(student_init_seed(spec.seed))
+        student = build_student(spec.student.arch, info.num_classes, info.image_size,
+                                num_stages=num_stages, pretrained=spec.student.pretrained)
     teacher, teacher_sha = None, None
     if spec.teacher is not None:
         teacher, teacher_sha = _build_teacher(spec.teacher, info, teacher_weights, teacher_card)
-    num_stages = spec.method.num_stages if isinstance(spec.method, StageConfig) else 4
-    student = build_student(spec.student.arch, info.num_classes, info.image_size,
-                            num_stages=num_stages, pretrained=spec.student.pretrained)
     method = build_method(spec.method, student, teacher, info.num_classes)
     modules: list[nn.Module] = [student, method] + ([teacher] if teacher is not None else [])
     for module in modules:
@@ -169,7 +174,7 @@ def build(
             module.to(memory_format=torch.channels_last)
 
     params = trainable_parameters(student, method)
-    optimizer = build_optimizer(params, t, grad_scaling=precision.use_scaler)
+    optimizer = build_optimizer([student, method], t, grad_scaling=precision.use_scaler)
     ema = ModelEma(student.model, t.ema_decay) if t.ema_decay else None
     runner = StepRunner(student=student, teacher=teacher, method=method, optimizer=optimizer,
                         precision=precision, params=params, grad_clip=t.grad_clip,
@@ -187,9 +192,16 @@ def build(
         epochs=required(t.epochs, "epochs"), steps_per_epoch=steps_per_epoch, device=device, seed=spec.seed,
         eval_model=eval_model, emit=emit, save=save, should_stop=hooks.should_stop,
         stop_check_every=hooks.stop_check_every, on_phase=hooks.on_phase, on_progress=hooks.on_progress,
+        export=required(t.export, "export"),
     )
     return BuiltJob(spec=spec, info=info, device=device, precision=precision, student=student, method=method,
                     ema=ema, teacher_sha256=teacher_sha, trainer=trainer)
+
+
+def student_init_seed(seed: int) -> int:
+    """The seed the student's initialisation draws from: a function of the job's seed alone, and
+    another stream than the one seeded by `seed` itself (which the method's extras draw from)."""
+    return int.from_bytes(hashlib.sha256(f"student-init:{seed}".encode()).digest()[:8], "big") >> 1
 
 
 def _build_teacher(
@@ -265,13 +277,15 @@ def train(job: BuiltJob, ckpt: dict[str, Any] | None, log: MetricsLog) -> RunSta
 def export(job: BuiltJob, output_dir: Path) -> dict[str, Path]:
     """Write the student's weights and model card next to the metrics log; name -> path."""
     weights_path = output_dir / WEIGHTS_NAME
-    student_sha = write_student_weights(job.trainer.eval_model(), weights_path)
+    state, exported_epoch = job.trainer.exported_weights()
+    student_sha = write_state_dict(state, weights_path)
     s = job.trainer.state
     card = build_model_card(
         spec=job.spec, info=job.info, final_metrics=s.final_metrics, best_metrics=s.best_metrics,
         ema_used=job.ema is not None, device=job.device, precision=job.precision, epochs=s.epoch,
         steps=s.global_step, steps_per_epoch=job.trainer.steps_per_epoch, teacher_sha256=job.teacher_sha256,
         student_sha256=student_sha, extra_params_trained=count_parameters(job.method),
+        exported=job.trainer.export, exported_epoch=exported_epoch,
     )
     card_path = output_dir / CARD_NAME
     write_json(card_path, card, what="the model card")

@@ -28,16 +28,22 @@ from hcd_core.training import Precision
 from hcd_core.types import CARD_NAME, METRICS_NAME, WEIGHTS_NAME, MetricPoint
 
 __all__ = ["CARD_NAME", "CARD_VERSION", "METRICS_NAME", "WEIGHTS_NAME", "MetricsLog", "build_model_card",
-           "device_name", "load_student", "read_card", "runtime_versions", "write_json", "write_student_weights"]
+           "device_name", "load_student", "read_card", "runtime_versions", "write_json", "write_state_dict",
+           "write_student_weights"]
 CARD_VERSION = 1
 
 
 def write_student_weights(model: nn.Module, path: Path) -> str:
     """Save a model's state dict as safetensors atomically; returns the file's sha256."""
+    return write_state_dict(model.state_dict(), path)
+
+
+def write_state_dict(state: dict[str, torch.Tensor], path: Path) -> str:
+    """Save a state dict as safetensors atomically; returns the file's sha256."""
     from safetensors.torch import save
 
     # Own copies: safetensors refuses tensors that share storage (tied weights, views).
-    tensors = {k: v.detach().to("cpu").clone().contiguous() for k, v in model.state_dict().items()}
+    tensors = {k: v.detach().to("cpu").clone().contiguous() for k, v in state.items()}
     data = save(tensors, metadata={"format": "pt"})
     atomic_write_bytes(Path(path), lambda fh: fh.write(data), what="the student weights")
     return sha256_file(path)
@@ -73,8 +79,17 @@ def build_model_card(
     teacher_sha256: str | None,
     student_sha256: str,
     extra_params_trained: int,
+    exported: str = "last",
+    exported_epoch: int | None = None,
 ) -> dict[str, Any]:
-    """The model card of a finished job's student (`spec` is the resolved spec it was trained with)."""
+    """The model card of a finished job's student (`spec` is the resolved spec it was trained with).
+
+    `exported` says whose weights the file holds: the best validation epoch's or the last one's;
+    `exported_epoch` is that epoch (0-based) and `exported_metrics` its evaluation.
+    """
+    if exported_epoch is None:
+        exported_epoch = int(final_metrics.get("epoch", epochs - 1))
+    exported_metrics = best_metrics if exported == "best" else final_metrics
     teacher = spec.teacher
     return {
         "card_version": CARD_VERSION,
@@ -88,6 +103,9 @@ def build_model_card(
         "method": spec.method.name,
         "final_metrics": dict(final_metrics),
         "best_metrics": dict(best_metrics),
+        "exported": exported,
+        "exported_epoch": exported_epoch,
+        "exported_metrics": {k: v for k, v in exported_metrics.items() if k in ("val_top1", "val_top5")},
         "ema_used": ema_used,
         "spec": spec.model_dump(mode="json"),
         "seed": spec.seed,

@@ -14,6 +14,7 @@ No modules and no state: the methods in ``hcd_core/methods/`` hold the trainable
 from __future__ import annotations
 
 import contextlib
+import math
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +35,7 @@ __all__ = [
 
 FUSIONS = ("sum", "mean")
 OL_INPUTS = ("fused", "raw")
+SDD_CE_INPUTS = ("fused", "raw")
 STAGE_REDUCTIONS = ("sum", "mean")
 
 _PEARSON_EPS = 1e-8  # added to DIST's Pearson denominator (spec, section 3)
@@ -314,6 +316,16 @@ def _smoothed_ce_weights(y: Tensor, logits: Tensor, label_smoothing: float, scal
     return w.scatter_(1, y.unsqueeze(1), scale * (1.0 - label_smoothing + off))
 
 
+def _fuse(raw: Tensor, teacher: Tensor, student_weight: float, teacher_weight: float) -> Tensor:
+    """student_weight * raw + teacher_weight * teacher in one kernel where the weights allow it.
+
+    A mixed-dtype add: a half-precision raw is promoted to float32 inside the kernel."""
+    if teacher_weight == 1.0 and student_weight == 1.0:
+        return raw + teacher
+    scaled_teacher = teacher if teacher_weight == 1.0 else teacher * teacher_weight
+    return torch.add(scaled_teacher, raw, alpha=student_weight)
+
+
 def _stage_terms(
     raw: Tensor,
     z_t: Tensor,
@@ -322,7 +334,8 @@ def _stage_terms(
     ce_weights: Tensor,
     *,
     temperature: float,
-    fusion: str,
+    fusion_weights: tuple[float, float],
+    sdd_ce_input: str,
     ol_threshold: float,
     ol_input: str,
     mask_target: bool,
@@ -333,17 +346,18 @@ def _stage_terms(
     `stage_weight` * sum over the stages of that stage's mean (equal row counts, so the sum of the
     stage means is the sum over all rows divided by one stage's row count).
 
-    z_t: teacher logits (B, C) in float32, detached; student_log_q: log_softmax(z_s / T) (B, C);
+    z_t: teacher logits (B, C) in float32, detached; student_log_q: log_softmax(z_s / T) (B, C) at
+    sdd_kl's temperature `temperature`; fusion_weights: (a, b) with Z = a * S + b * z_t;
     ce_weights: `_smoothed_ce_weights(y, z_s, label_smoothing, -1 / B)`.
     """
     _, batch, n, _ = raw.shape
     rows = batch * n  # rows (sample, sub-logit) of one stage
     teacher = z_t.unsqueeze(1)  # (B, 1, C): broadcasts over stages and sub-logits
-    # Mixed-dtype add: a half-precision raw is promoted to float32 inside the one kernel.
-    fused = raw + teacher if fusion == "sum" else torch.add(teacher * 0.5, raw, alpha=0.5)
+    fused = _fuse(raw, teacher, *fusion_weights)
 
     # The student CE's weights (scaled -1/B) rescaled to -stage_weight / rows by one scalar multiply.
-    sdd_ce = (F.log_softmax(fused, dim=-1) * ce_weights.unsqueeze(1)).sum() * (stage_weight * batch / rows)
+    ce_input = fused if sdd_ce_input == "fused" else _full_precision(raw)
+    sdd_ce = (F.log_softmax(ce_input, dim=-1) * ce_weights.unsqueeze(1)).sum() * (stage_weight * batch / rows)
 
     # Its own log-softmax even at T = 1: sdd_ce and sdd_kl then share no saved tensors, so either
     # can be differentiated after the other.
@@ -360,15 +374,22 @@ def _stage_terms(
     return sdd_ce, sdd_kl, ol
 
 
-def _check_switches(temperature: float, fusion: str, ol_input: str, stage_reduce: str,
-                    label_smoothing: float) -> float:
+def _check_switches(temperature: float, fusion: str, ol_input: str, stage_reduce: str, label_smoothing: float,
+                    sdd_ce_input: str, sdd_temperature: float | None, fusion_student: float,
+                    fusion_teacher: float) -> tuple[float, float]:
+    """The checked (temperature, sdd_kl's temperature)."""
     temp = _check_temperature(temperature)
+    sdd_temp = temp if sdd_temperature is None else _check_temperature(sdd_temperature)
     _check_choice("fusion", fusion, FUSIONS)
     _check_choice("ol_input", ol_input, OL_INPUTS)
+    _check_choice("sdd_ce_input", sdd_ce_input, SDD_CE_INPUTS)
     _check_choice("stage_reduce", stage_reduce, STAGE_REDUCTIONS)
     if not 0.0 <= label_smoothing < 1.0:
         raise ValueError(f"label_smoothing must lie in [0, 1), got {label_smoothing}")
-    return temp
+    for name, weight in (("fusion_student", fusion_student), ("fusion_teacher", fusion_teacher)):
+        if not math.isfinite(weight):
+            raise ValueError(f"{name} must be finite, got {weight}")
+    return temp, sdd_temp
 
 
 def _hcd_terms(
@@ -378,7 +399,11 @@ def _hcd_terms(
     y: Tensor,
     *,
     temperature: float,
+    sdd_temperature: float,
     fusion: str,
+    fusion_student: float,
+    fusion_teacher: float,
+    sdd_ce_input: str,
     ol_threshold: float,
     ol_input: str,
     mask_target: bool,
@@ -393,16 +418,24 @@ def _hcd_terms(
     z_t = t.detach()
     ce_weights = _smoothed_ce_weights(y, s, label_smoothing, -1.0 / batch)
     ce = (F.log_softmax(s, dim=-1) * ce_weights).sum()
-    # The student's log-softmax at T serves both KL terms (kd and sdd_kl); the CE terms have their own.
+    # The student's log-softmax at T serves both KL terms (kd and sdd_kl) when they share T; the CE
+    # terms have their own.
     log_q_t = F.log_softmax(s if temp == 1.0 else s / temp, dim=-1)
     log_p_t = F.log_softmax(z_t if temp == 1.0 else z_t / temp, dim=-1)
     kd = (log_p_t.exp() * (log_p_t - log_q_t)).sum() * (temp * temp / batch)
+    if sdd_temperature == temp:
+        log_q_sdd = log_q_t
+    else:
+        log_q_sdd = F.log_softmax(s if sdd_temperature == 1.0 else s / sdd_temperature, dim=-1)
 
     num_stages = stages.shape[0] if isinstance(stages, Tensor) else len(stages)
     stage_weight = 1.0 if stage_reduce == "sum" else 1.0 / num_stages
+    halve = 0.5 if fusion == "mean" else 1.0
+    fusion_weights = (halve * fusion_student, halve * fusion_teacher)
 
     def terms_of(raw: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        return _stage_terms(raw, z_t, log_q_t, y, ce_weights, temperature=temp, fusion=fusion,
+        return _stage_terms(raw, z_t, log_q_sdd, y, ce_weights, temperature=sdd_temperature,
+                            fusion_weights=fusion_weights, sdd_ce_input=sdd_ce_input,
                             ol_threshold=ol_threshold, ol_input=ol_input, mask_target=mask_target,
                             detach_fused=detach_fused, stage_weight=stage_weight)
 
@@ -428,13 +461,19 @@ def hcd_loss_terms(
     detach_fused: bool = False,
     stage_reduce: str = "sum",
     label_smoothing: float = 0.0,
+    sdd_ce_input: str = "fused",
+    fusion_student: float = 1.0,
+    fusion_teacher: float = 1.0,
+    sdd_temperature: float | None = None,
 ) -> dict[str, Tensor]:
     """HCD's unweighted terms (spec, section 2); teacher logits never receive gradient.
 
-    Z_k = S_k + z_t ("sum") or (S_k + z_t) / 2 ("mean"), z_t broadcast over the n sub-logits;
-    ce = CE(z_s, y); kd = KL_T(z_t -> z_s);
-    sdd_ce = reduce_k mean_i CE(Z_k[:, i], y); sdd_kl = reduce_k mean_i KL_T(Z_k[:, i] -> z_s)
-    (Z_k detached there only if detach_fused); ol = reduce_k OL(Z_k or S_k per ol_input);
+    Z_k = a * S_k + b * z_t ("sum") or (a * S_k + b * z_t) / 2 ("mean"), z_t broadcast over the n
+    sub-logits, a = fusion_student, b = fusion_teacher (both 1 by default: the spec's S_k + z_t);
+    ce = CE(z_s, y); kd = KL_T(z_t -> z_s) at T = temperature;
+    sdd_ce = reduce_k mean_i CE(X_k[:, i], y), X_k = Z_k or S_k per sdd_ce_input;
+    sdd_kl = reduce_k mean_i KL_T'(Z_k[:, i] -> z_s) at T' = sdd_temperature (None: temperature),
+    Z_k detached there only if detach_fused; ol = reduce_k OL(Z_k or S_k per ol_input);
     reduce = sum or mean over stages (stage_reduce).
 
     Stages with the same n are computed together (see `hcd_loss_terms_stacked`).
@@ -442,15 +481,17 @@ def hcd_loss_terms(
     s, t = _check_pair(student_logits, teacher_logits)
     batch, classes = s.shape
     y = _check_target(target, batch, classes)
-    temp = _check_switches(temperature, fusion, ol_input, stage_reduce, label_smoothing)
+    temp, sdd_temp = _check_switches(temperature, fusion, ol_input, stage_reduce, label_smoothing,
+                                     sdd_ce_input, sdd_temperature, fusion_student, fusion_teacher)
     if isinstance(sub_logits, Tensor) or not isinstance(sub_logits, (list, tuple)) or not sub_logits:
         raise ValueError("sub_logits must be a non-empty list of (B, n, C) tensors, one per stage")
     stages = [_check_sub_logits(f"sub_logits[{k}]", z, batch, classes) for k, z in enumerate(sub_logits)]
     same_n = len({z.shape[1] for z in stages}) == 1 and len({z.dtype for z in stages}) == 1
     return _hcd_terms(
         s, t, torch.stack(stages) if same_n else stages, y,
-        temperature=temp, fusion=fusion, ol_threshold=ol_threshold, ol_input=ol_input,
-        mask_target=mask_target, detach_fused=detach_fused, stage_reduce=stage_reduce,
+        temperature=temp, sdd_temperature=sdd_temp, fusion=fusion, fusion_student=fusion_student,
+        fusion_teacher=fusion_teacher, sdd_ce_input=sdd_ce_input, ol_threshold=ol_threshold,
+        ol_input=ol_input, mask_target=mask_target, detach_fused=detach_fused, stage_reduce=stage_reduce,
         label_smoothing=label_smoothing,
     )
 
@@ -469,13 +510,18 @@ def hcd_loss_terms_stacked(
     detach_fused: bool = False,
     stage_reduce: str = "sum",
     label_smoothing: float = 0.0,
+    sdd_ce_input: str = "fused",
+    fusion_student: float = 1.0,
+    fusion_teacher: float = 1.0,
+    sdd_temperature: float | None = None,
 ) -> dict[str, Tensor]:
     """`hcd_loss_terms` for K stages that share n, given as one (K, B, n, C) tensor (stage k is
     sub_logits[k]): what a batched CFM produces, with no per-stage split or re-stack."""
     s, t = _check_pair(student_logits, teacher_logits)
     batch, classes = s.shape
     y = _check_target(target, batch, classes)
-    temp = _check_switches(temperature, fusion, ol_input, stage_reduce, label_smoothing)
+    temp, sdd_temp = _check_switches(temperature, fusion, ol_input, stage_reduce, label_smoothing,
+                                     sdd_ce_input, sdd_temperature, fusion_student, fusion_teacher)
     if not isinstance(sub_logits, Tensor) or sub_logits.dim() != 4:
         shape = tuple(sub_logits.shape) if isinstance(sub_logits, Tensor) else type(sub_logits).__name__
         raise ValueError(f"sub_logits must have shape (K, B, n, C), got {shape}")
@@ -484,7 +530,8 @@ def hcd_loss_terms_stacked(
     _check_sub_logits("sub_logits[0]", sub_logits[0], batch, classes)
     return _hcd_terms(
         s, t, sub_logits, y,
-        temperature=temp, fusion=fusion, ol_threshold=ol_threshold, ol_input=ol_input,
-        mask_target=mask_target, detach_fused=detach_fused, stage_reduce=stage_reduce,
+        temperature=temp, sdd_temperature=sdd_temp, fusion=fusion, fusion_student=fusion_student,
+        fusion_teacher=fusion_teacher, sdd_ce_input=sdd_ce_input, ol_threshold=ol_threshold,
+        ol_input=ol_input, mask_target=mask_target, detach_fused=detach_fused, stage_reduce=stage_reduce,
         label_smoothing=label_smoothing,
     )

@@ -77,6 +77,9 @@ class DistConfig(MethodConfigBase):
     w_ce: Weight = 1.0
 
 
+FusionWeight = Annotated[float, Field(ge=0.0, le=10.0)]
+
+
 class StageConfig(MethodConfigBase):
     """Common switches of methods that tap student stages through convolutional projectors."""
 
@@ -100,9 +103,16 @@ class HcdConfig(StageConfig):
 
     name: Literal["hcd"] = "hcd"
     num_sub_logits: Annotated[int, Field(ge=1, le=64)] = 4  # n
-    temperature: Temperature = 1.0
+    temperature: Temperature = 1.0  # T of kd, and of sdd_kl unless sdd_temperature is set
+    sdd_temperature: Temperature | None = None  # T of sdd_kl; None = `temperature`
     cfm: Literal["linear", "mlp"] = "linear"
+    # False feeds the CFM h_k alone (no teacher feature): ablates the "complementary" input.
+    cfm_teacher_feature: bool = True
     fusion: Literal["sum", "mean"] = "sum"
+    # Z_k = fusion_student * S_k + fusion_teacher * z_t ("sum"), halved for "mean".
+    fusion_student: FusionWeight = 1.0
+    fusion_teacher: FusionWeight = 1.0
+    sdd_ce_input: Literal["fused", "raw"] = "fused"  # sdd_ce on Z_k, or on the raw S_k
     ol_threshold: Annotated[float, Field(ge=-1.0, le=1.0)] = 0.5
     ol_input: Literal["fused", "raw"] = "fused"
     mask_target: bool = True

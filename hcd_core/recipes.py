@@ -28,6 +28,7 @@ RECIPES: dict[str, dict[str, Any]] = {
         num_workers=8,
         max_steps_per_epoch=None,
         device="auto",
+        export="best",
     ),
     # Minutes on a CPU: small models, small images, a handful of epochs.
     "quick": dict(
@@ -52,5 +53,6 @@ RECIPES: dict[str, dict[str, Any]] = {
         num_workers=0,
         max_steps_per_epoch=None,
         device="auto",
+        export="best",
     ),
 }

@@ -7,7 +7,7 @@ Training fields left out are filled from the named recipe by `JobSpec.resolved()
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, TypeVar, Union
+from typing import Annotated, Any, Literal, TypeVar, Union, get_args
 
 from pydantic import Field, model_validator
 
@@ -18,7 +18,7 @@ from hcd_core.recipes import RECIPES
 from hcd_core.spec_base import SpecModel
 
 __all__ = [
-    "METHOD_NAMES", "DatasetSpec", "FileWeights", "JobSpec", "JobWeights", "MethodConfig", "ModelWeights",
+    "DATASET_NAMES", "METHOD_NAMES", "DatasetSpec", "FileWeights", "JobSpec", "JobWeights", "MethodConfig", "ModelWeights",
     "StudentSpec", "TeacherSpec", "TeacherWeights", "TimmPretrainedWeights", "TrainingSpec", "parse_spec", "required",
 ]
 
@@ -80,7 +80,8 @@ class TeacherSpec(SpecModel):
 
 
 # --------------------------------------------------------------------------- data
-DatasetName = Literal["cifar10", "cifar100", "imagefolder", "digits", "synthetic"]
+DatasetName = Literal["cifar10", "cifar100", "imagefolder", "digits", "digits_hard", "synthetic"]
+DATASET_NAMES: tuple[str, ...] = get_args(DatasetName)
 
 
 class DatasetSpec(SpecModel):
@@ -88,17 +89,22 @@ class DatasetSpec(SpecModel):
     image_size: ImageSize = 32
     root: Annotated[str, Field(min_length=1, max_length=1024)] | None = None
     download: bool = False  # torchvision download for cifar; users' hosts only
-    # synthetic only: a learnable random task of this shape
+    # synthetic only: a learnable random task of this shape (None: 10 classes, 2000 / 500, noise 0.2)
     num_classes: Annotated[int, Field(ge=2, le=1000)] | None = None
     train_size: Annotated[int, Field(ge=1, le=1_000_000)] | None = None
     val_size: Annotated[int, Field(ge=1, le=1_000_000)] | None = None
+    noise: Annotated[float, Field(ge=0.0, le=10.0)] | None = None  # std of the per-pixel noise
+    # What is evaluated: the test split, or a fixed 20% of the training set that is then not trained
+    # on ("holdout", for tuning without looking at the test set; independent of the job seed).
+    eval_split: Literal["test", "holdout"] = "test"
 
     @model_validator(mode="after")
     def _check(self) -> "DatasetSpec":
         if self.name in ("cifar10", "cifar100", "imagefolder") and self.root is None:
             raise ValueError(f"dataset.root is required for dataset {self.name!r}")
-        if self.name != "synthetic" and (self.num_classes or self.train_size or self.val_size):
-            raise ValueError("dataset.num_classes/train_size/val_size apply to the synthetic dataset only")
+        synthetic_only = (self.num_classes, self.train_size, self.val_size, self.noise)
+        if self.name != "synthetic" and any(v is not None for v in synthetic_only):
+            raise ValueError("dataset.num_classes/train_size/val_size/noise apply to the synthetic dataset only")
         if self.download and self.name not in ("cifar10", "cifar100"):
             raise ValueError("dataset.download applies to cifar10/cifar100 only")
         return self
@@ -136,6 +142,8 @@ class TrainingSpec(SpecModel):
     num_workers: Annotated[int, Field(ge=0, le=64)] | None = None
     max_steps_per_epoch: Annotated[int, Field(ge=1, le=10_000_000)] | None = None  # None = full epoch
     device: Literal["auto", "cpu", "cuda"] | None = None
+    # Exported weights: those of the best validation epoch (EMA weights when EMA is on) or the last.
+    export: Literal["best", "last"] | None = None
 
 
 # --------------------------------------------------------------------------- job

@@ -11,6 +11,7 @@ import copy
 import itertools
 import math
 import random
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -97,22 +98,84 @@ def trainable_parameters(*modules: nn.Module) -> list[nn.Parameter]:
     return out
 
 
+# Normalisation layers: their parameters (scale and shift) are never decayed. timm's own norm layers
+# (LayerNorm2d, BatchNormAct2d, GroupNorm1, ...) subclass these; RmsNorm-style ones are caught by name.
+_NORM_TYPES: tuple[type[nn.Module], ...] = (
+    nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm, nn.RMSNorm,
+)
+_NORM_NAME = re.compile(r"Norm(\d?d)?$")
+
+
+def _is_norm(module: nn.Module) -> bool:
+    return isinstance(module, _NORM_TYPES) or bool(_NORM_NAME.search(type(module).__name__))
+
+
+def _no_weight_decay_names(module: nn.Module) -> set[str]:
+    """Parameter names (as `module.named_parameters()` gives them) that a submodule's own
+    `no_weight_decay()` lists (timm: pos_embed, cls_token, ...), each prefixed with its path."""
+    names: set[str] = set()
+    for prefix, sub in module.named_modules():
+        listed = getattr(sub, "no_weight_decay", None)
+        if callable(listed):
+            names.update(f"{prefix}.{n}" if prefix else str(n) for n in listed())
+    return names
+
+
+@dataclass(frozen=True)
+class DecayGroups:
+    """Trainable parameters split for weight decay, each once, in module order; names alongside."""
+
+    decay: list[nn.Parameter]
+    no_decay: list[nn.Parameter]
+    decay_names: list[str]
+    no_decay_names: list[str]
+
+
+def weight_decay_groups(*modules: nn.Module) -> DecayGroups:
+    """No decay for every bias (any shape: StackedLinear's (K, out) too), every parameter of a
+    normalisation layer and every parameter a submodule's `no_weight_decay()` names (or a module
+    it names); decay for the rest. Parameters that do not require grad are left out; a parameter
+    reached from several modules counts once (names are those of the first module, prefixed `i.`).
+    """
+    seen: set[int] = set()
+    groups = DecayGroups([], [], [], [])
+    for index, module in enumerate(modules):
+        skip = _no_weight_decay_names(module)
+        norm_params = {id(p) for m in module.modules() if _is_norm(m) for p in m.parameters(recurse=False)}
+        for name, param in module.named_parameters():
+            if not param.requires_grad or id(param) in seen:
+                continue
+            seen.add(id(param))
+            no_decay = (
+                name.rsplit(".", 1)[-1] == "bias"
+                or id(param) in norm_params
+                or any(name == n or name.startswith(n + ".") for n in skip)
+            )
+            params, names = (
+                (groups.no_decay, groups.no_decay_names) if no_decay else (groups.decay, groups.decay_names)
+            )
+            params.append(param)
+            names.append(f"{index}.{name}")
+    return groups
+
+
 def build_optimizer(
-    params: list[nn.Parameter], t: TrainingSpec, *, grad_scaling: bool = False
+    modules: list[nn.Module], t: TrainingSpec, *, grad_scaling: bool = False
 ) -> torch.optim.Optimizer:
-    """SGD (Nesterov per spec) or AdamW; norms and biases (1-D tensors) get no weight decay.
+    """SGD (Nesterov per spec) or AdamW over the trainable parameters of `modules`, with weight decay
+    on the groups of `weight_decay_groups` (none on biases, norms and `no_weight_decay()` names).
 
     On CUDA the fused kernels are used (one launch per step instead of several per parameter group:
     small students make the step launch-bound), except fused SGD under fp16 grad scaling: in torch
     2.11 it advances its momentum on the overflow steps the scaler must skip, which turns the
     weights into NaN (seen on an H100). Fused AdamW honours the skip.
     """
+    split = weight_decay_groups(*modules)
+    params = split.decay + split.no_decay
     on_cuda = bool(params) and all(p.is_cuda for p in params)
-    decay = [p for p in params if p.ndim > 1]
-    no_decay = [p for p in params if p.ndim <= 1]
     groups: list[dict[str, Any]] = [
-        {"params": decay, "weight_decay": required(t.weight_decay, "weight_decay")},
-        {"params": no_decay, "weight_decay": 0.0},
+        {"params": split.decay, "weight_decay": required(t.weight_decay, "weight_decay")},
+        {"params": split.no_decay, "weight_decay": 0.0},
     ]
     lr = required(t.lr, "lr")
     if t.optimizer == "sgd":
@@ -197,7 +260,8 @@ class ModelEma:
 class StepRunner:
     """One optimisation step: teacher forward, student forward, method terms, backward, update.
 
-    Returns the method's terms detached (still on the device: the caller syncs once per step).
+    Returns the method's terms detached (still on the device: the caller syncs once per step), plus
+    `grad_norm`, the global gradient norm before clipping, when `grad_clip` is set.
     """
 
     def __init__(
@@ -228,14 +292,16 @@ class StepRunner:
         self.optimizer.zero_grad(set_to_none=True)
         loss: Tensor = self.scaler.scale(terms["loss"])
         loss.backward()  # type: ignore[no-untyped-call]
+        out = {k: v.detach() for k, v in terms.items()}
         if self.grad_clip:
             self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip)
+            # The global norm before clipping, reported with the step's terms (no extra host sync).
+            out["grad_norm"] = torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip).detach()
         self.scaler.step(self.optimizer)
         self.scaler.update()
         if self.ema is not None:
             self.ema.update(self.student.model)
-        return {k: v.detach() for k, v in terms.items()}
+        return out
 
 
 def stack_terms(terms: dict[str, Tensor]) -> dict[str, float]:
@@ -266,6 +332,8 @@ class Trainer:
     `emit(points)` receives lists of metric points; `should_stop()` is polled every
     `stop_check_every` steps; `save(state)` writes a checkpoint (atomic, by the caller's code);
     `on_progress` gets a `Progress` when training starts, after every step and when it completes.
+    `export` ("best" or "last") says which weights `exported_weights()` gives: with "best", a copy of
+    the evaluated model (the EMA when on) is kept at each new best val_top1, and checkpointed.
     """
 
     def __init__(
@@ -286,7 +354,10 @@ class Trainer:
         stop_check_every: int = 10,
         on_phase: Callable[[str], None] | None = None,
         on_progress: Callable[[Progress], None] | None = None,
+        export: str = "best",
     ) -> None:
+        if export not in ("best", "last"):
+            raise ValueError(f"export must be 'best' or 'last', got {export!r}")
         self.runner, self.schedule = runner, schedule
         self.train_batches, self.val_batches = train_batches, val_batches
         self.epochs, self.steps_per_epoch = epochs, steps_per_epoch
@@ -297,6 +368,9 @@ class Trainer:
         # Data order and augmentation: each epoch's seed is drawn from this generator (checkpointed).
         self.data_gen = torch.Generator().manual_seed(seed)
         self.state = LoopState()
+        self.export = export
+        # export "best": a CPU copy of the evaluated model's state at the best epoch (checkpointed).
+        self.best_weights: dict[str, Tensor] | None = None
 
     @property
     def total_steps(self) -> int:
@@ -315,6 +389,7 @@ class Trainer:
             "ema": r.ema.state_dict() if r.ema is not None else None,
             "rng": capture_rng_state(),
             "data_generator": self.data_gen.get_state(),
+            "best_weights": self.best_weights,
             "loop": {
                 "epoch": s.epoch, "step_in_epoch": s.step_in_epoch, "global_step": s.global_step,
                 "epoch_seed": s.epoch_seed, "epoch_loss_sum": s.epoch_loss_sum,
@@ -336,6 +411,9 @@ class Trainer:
             r.ema.load_state_dict(ckpt["ema"])
         self.data_gen.set_state(ckpt["data_generator"])
         self.state = LoopState(**ckpt["loop"])
+        self.best_weights = ckpt.get("best_weights")
+        if self.export == "best" and self.state.best_metrics and self.best_weights is None:
+            raise ValueError("checkpoint has no best-epoch weights but the spec exports the best epoch")
         restore_rng_state(ckpt["rng"])
 
     # ----------------------------------------------------------------- running
@@ -390,6 +468,13 @@ class Trainer:
         self._progress(self.epochs)
         return "completed"
 
+    def exported_weights(self) -> tuple[dict[str, Tensor], int]:
+        """The state dict to export and its (0-based) epoch: the best epoch's or the last one's."""
+        s = self.state
+        if self.export == "best" and self.best_weights is not None:
+            return self.best_weights, int(s.best_metrics["epoch"])
+        return self.eval_model().state_dict(), int(s.final_metrics.get("epoch", max(s.epoch - 1, 0)))
+
     def _end_epoch(self) -> None:
         s = self.state
         self._phase("evaluating")
@@ -399,6 +484,9 @@ class Trainer:
         s.final_metrics = {**metrics, "train_loss": train_loss, "epoch": float(s.epoch)}
         if not s.best_metrics or metrics["val_top1"] > s.best_metrics["val_top1"]:
             s.best_metrics = {"val_top1": metrics["val_top1"], "val_top5": metrics["val_top5"], "epoch": float(s.epoch)}
+            if self.export == "best":
+                state = self.eval_model().state_dict()
+                self.best_weights = {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
         points = [self._point(k, metrics[k], s.epoch) for k in ("val_top1", "val_top5", "val_loss")]
         points.append(self._point("train_loss", train_loss, s.epoch))
         if s.epoch + 1 == self.epochs:

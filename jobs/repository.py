@@ -32,13 +32,18 @@ from jobs.tables import MetricPoint as MetricRow
 QUEUED_CHANNEL = "hcd_job_queued"  # NOTIFY'd when a job becomes queued: the outbox relay wakes at once
 METRIC_BATCH_ROWS = 2000
 _OWNED = tuple(s.value for s in ordered(OWNED))
+# A teacher job a new student may name: it succeeded, or it may still (the student waits for it).
+_TEACHER_USABLE = ACTIVE | {JobStatus.SUCCEEDED}
+# A queued job a worker may take: not waiting for its teacher.
+_READY = (Job.status == JobStatus.QUEUED.value, Job.phase.is_distinct_from(JobPhase.WAITING_FOR_TEACHER.value))
+_READY_SQL = " AND ".join(str(c.compile(compile_kwargs={"literal_binds": True})) for c in _READY)
 _ACTIVE = tuple(s.value for s in ordered(ACTIVE))
 
 # The hot paths read these columns with plain SQL, in this order (see job_document).
 JOB_COLUMNS = (
     "id, status, phase, attempt, max_attempts, cancel_requested, progress, latest_metrics, result, "
     "error_code, error_message, metadata, spec, runtime_limit_seconds, created_at, updated_at, "
-    "started_at, finished_at"
+    "started_at, finished_at, sweep_id"
 )
 
 
@@ -46,7 +51,7 @@ def job_document(row: Sequence[Any]) -> dict[str, Any]:
     """The job as the API shows it, from a row of JOB_COLUMNS."""
     (id_, status, phase, attempt, max_attempts, cancel_requested, progress, latest_metrics, result,
      error_code, error_message, metadata, spec, runtime_limit_seconds, created_at, updated_at,
-     started_at, finished_at) = row
+     started_at, finished_at, sweep_id) = row
     return {
         "id": id_,
         "object": "job",
@@ -66,6 +71,7 @@ def job_document(row: Sequence[Any]) -> dict[str, Any]:
         "updated_at": updated_at,
         "started_at": started_at,
         "finished_at": finished_at,
+        "sweep_id": sweep_id,
     }
 
 
@@ -74,10 +80,11 @@ class NewJob:
     owner: str
     spec: dict[str, Any]  # the resolved spec
     metadata: dict[str, str]
-    request_hash: str
+    request_hash: str | None = None
     idempotency_key: str | None = None
     teacher_job_id: uuid.UUID | None = None
     teacher_model_id: uuid.UUID | None = None
+    sweep_cell: int | None = None
 
 
 @dataclass(frozen=True)
@@ -119,6 +126,34 @@ class TeacherGone(InvalidInput):
                          errors=[{"loc": "teacher.weights", "msg": reason}])
 
 
+def insert_params(new: Sequence[NewJob], *, owner: str, metadata: dict[str, str], max_attempts: int,
+                   runtime_limit_seconds: int, queued_cap: int, key: str | None, request_hash: str | None,
+                   sweep_id: uuid.UUID | None) -> dict[str, Any]:
+    return {
+        "ids": [uuid.uuid4() for _ in new], "specs": [Jsonb(n.spec) for n in new],
+        "cells": [n.sweep_cell for n in new], "teacher_jobs": [n.teacher_job_id for n in new],
+        "teacher_models": [n.teacher_model_id for n in new], "count": len(new),
+        "owner": owner, "metadata": Jsonb(metadata), "max_attempts": max_attempts,
+        "runtime_limit": runtime_limit_seconds, "cap": queued_cap, "key": key, "hash": request_hash,
+        "sweep": sweep_id,
+    }
+
+
+def inserted_jobs(rows: Sequence[Sequence[Any]], queued_cap: int, count: int) -> list[dict[str, Any]]:
+    """The job documents INSERT_JOBS returned; raises when it inserted nothing for a reason."""
+    queued, usable = rows[0][0], rows[0][1]
+    jobs = [job_document(row[2:]) for row in rows if row[2] is not None]
+    if jobs:
+        return jobs
+    if not usable:
+        raise TeacherGone()
+    if queued + count > queued_cap:
+        raise LimitExceeded(
+            f"you have {queued} queued jobs and the limit is {queued_cap}; wait for some to start or cancel some",
+            code="too_many_queued_jobs")
+    return []  # an Idempotency-Key conflict
+
+
 def _lease_expiry(seconds: float) -> Any:
     """now() + lease, computed by Postgres (one clock for every worker and the sweep)."""
     return literal_column(f"now() + make_interval(secs => {float(seconds)})")
@@ -128,43 +163,57 @@ def _event(job_id: uuid.UUID | str, attempt: int, type_: str, data: dict[str, An
     return insert(JobEvent).values(job_id=uuid.UUID(str(job_id)), attempt=attempt, type=type_, data=data)
 
 
-# The per-owner active-job cap counts these rows; the CTE runs after the owner's advisory lock in the
-# same transaction, so under READ COMMITTED the count already sees any competing submission committed
-# meanwhile. A teacher job or model named by the spec is locked FOR KEY SHARE: it cannot be deleted
-# until this transaction ends, and a teacher deleted just before makes `usable` false.
-_INSERT_JOB = f"""
-WITH active AS (
-    SELECT count(*) AS n FROM jobs WHERE owner = %(owner)s AND {sql_in(ACTIVE)}
-), teacher_job AS (
-    SELECT id FROM jobs WHERE id = %(teacher_job)s AND owner = %(owner)s
-      AND status = '{JobStatus.SUCCEEDED.value}' FOR KEY SHARE
-), teacher_model AS (
-    SELECT id FROM uploaded_models WHERE id = %(teacher_model)s AND owner = %(owner)s FOR KEY SHARE
+# Inserts the new jobs (arrays, one element per job) unless the owner's queued jobs would exceed the
+# cap. It runs after the owner's advisory lock in the same transaction, so under READ COMMITTED the
+# count already sees any competing submission committed meanwhile. Teacher jobs and models named by
+# the specs are locked FOR KEY SHARE (they cannot be deleted until this transaction ends; one deleted
+# just before makes `usable` false). A teacher job that has not succeeded yet is fine: the student waits.
+INSERT_JOBS = f"""
+WITH new AS (
+    SELECT * FROM unnest(%(ids)s::uuid[], %(specs)s::jsonb[], %(cells)s::int[], %(teacher_jobs)s::uuid[],
+                         %(teacher_models)s::uuid[]) AS new(id, spec, cell, teacher_job, teacher_model)
+), queued AS (
+    SELECT count(*) AS n FROM jobs WHERE owner = %(owner)s AND {sql_in([JobStatus.QUEUED])}
+), teacher_jobs AS (
+    SELECT id, status FROM jobs WHERE id IN (SELECT teacher_job FROM new) AND owner = %(owner)s
+      AND {sql_in(_TEACHER_USABLE)} FOR KEY SHARE
+), teacher_models AS (
+    SELECT id FROM uploaded_models WHERE id IN (SELECT teacher_model FROM new) AND owner = %(owner)s FOR KEY SHARE
 ), usable AS (
-    SELECT (CAST(%(teacher_job)s AS uuid) IS NULL OR EXISTS (SELECT 1 FROM teacher_job))
-       AND (CAST(%(teacher_model)s AS uuid) IS NULL OR EXISTS (SELECT 1 FROM teacher_model)) AS ok
+    SELECT NOT EXISTS (
+        SELECT 1 FROM new
+        WHERE (teacher_job IS NOT NULL AND teacher_job NOT IN (SELECT id FROM teacher_jobs))
+           OR (teacher_model IS NOT NULL AND teacher_model NOT IN (SELECT id FROM teacher_models))
+    ) AS ok
 ), job AS (
-    INSERT INTO jobs (id, owner, status, attempt, max_attempts, spec, metadata, progress, latest_metrics,
+    INSERT INTO jobs (id, owner, status, phase, attempt, max_attempts, spec, metadata, progress, latest_metrics,
                       cancel_requested, runtime_limit_seconds, idempotency_key, request_hash,
-                      teacher_job_id, teacher_model_id)
-    SELECT %(id)s, %(owner)s, '{JobStatus.QUEUED.value}', 0, %(max_attempts)s, %(spec)s, %(metadata)s,
-           '{{}}', '{{}}', false, %(runtime_limit)s, %(key)s, %(hash)s, %(teacher_job)s, %(teacher_model)s
-    FROM active, usable WHERE active.n < %(cap)s AND usable.ok
+                      teacher_job_id, teacher_model_id, sweep_id, sweep_cell)
+    SELECT new.id, %(owner)s, '{JobStatus.QUEUED.value}',
+           CASE WHEN tj.status IS NULL OR tj.status = '{JobStatus.SUCCEEDED.value}' THEN NULL
+                ELSE '{JobPhase.WAITING_FOR_TEACHER.value}' END,
+           0, %(max_attempts)s, new.spec, %(metadata)s, '{{}}', '{{}}', false, %(runtime_limit)s, %(key)s,
+           %(hash)s, new.teacher_job, new.teacher_model, %(sweep)s, new.cell
+    FROM new LEFT JOIN teacher_jobs tj ON tj.id = new.teacher_job CROSS JOIN queued CROSS JOIN usable
+    WHERE queued.n + %(count)s <= %(cap)s AND usable.ok
     ON CONFLICT DO NOTHING
     RETURNING {JOB_COLUMNS}
 ), event AS (
     INSERT INTO job_events (job_id, type, attempt, data)
-    SELECT id, 'status', 0, '{{"status": "{JobStatus.QUEUED.value}"}}'::jsonb FROM job
+    SELECT id, 'status', 0, jsonb_build_object('status', status, 'phase', phase) FROM job
 )
-SELECT active.n, usable.ok, job.* FROM active CROSS JOIN usable LEFT JOIN job ON true
+SELECT queued.n, usable.ok, job.* FROM queued CROSS JOIN usable LEFT JOIN job ON true
 """
-_OWNER_LOCK = "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))"
+OWNER_LOCK = "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))"
+# One claim at a time (claims are rare: one per job start), so the fair order and the per-owner running
+# cap see every other claim.
+_CLAIM_LOCK = "SELECT pg_advisory_xact_lock(hashtextextended('hcd-claim', 0))"
 _SELECT_BY_IDEMPOTENCY_KEY = f"SELECT request_hash, {JOB_COLUMNS} FROM jobs WHERE owner = %s AND idempotency_key = %s"
 _SELECT_OWNED_JOB = f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = %s AND owner = %s"
 
 # What a user's cancel does, by status (the rest cannot be cancelled).
 _CANCEL = {JobStatus.QUEUED: JobStatus.CANCELLED, JobStatus.RUNNING: JobStatus.CANCELLING}
-for _source, _target in _CANCEL.items():
+for _source, _target in [*_CANCEL.items(), (JobStatus.QUEUED, JobStatus.RUNNING)]:  # the claim
     check_transition(_source, _target)
 _CANCEL_STATUS = "CASE " + " ".join(f"WHEN status = '{s.value}' THEN '{t.value}'" for s, t in _CANCEL.items()) + " END"
 _ENDS_AT_ONCE = sql_in(s for s, t in _CANCEL.items() if t in TERMINAL)
@@ -186,16 +235,62 @@ class JobRepository:
 
     @staticmethod
     def _fenced_update(session: Session, job_id: uuid.UUID | str, attempt: int, values: dict[str, Any],
-                       statuses: Iterable[JobStatus] = OWNED) -> Lease | None:
-        """UPDATE the job only while `attempt` owns it in one of `statuses`."""
+                       statuses: Iterable[JobStatus] = OWNED) -> tuple[Lease, str] | None:
+        """UPDATE the job only while `attempt` owns it in one of `statuses`; (lease, owner) or None."""
         row = session.execute(
             update(Job)
             .where(Job.id == uuid.UUID(str(job_id)), Job.attempt == attempt,
                    Job.status.in_([s.value for s in statuses]))
             .values(**values, updated_at=func.now())
-            .returning(Job.status, Job.cancel_requested)
+            .returning(Job.status, Job.cancel_requested, Job.owner)
         ).first()
-        return None if row is None else Lease(JobStatus(row[0]), bool(row[1]))
+        return None if row is None else (Lease(JobStatus(row[0]), bool(row[1])), str(row[2]))
+
+    @classmethod
+    def _consequences(cls, session: Session, job_id: uuid.UUID, owner: str, was: JobStatus,
+                      now: JobStatus) -> list[Transition]:
+        """What a job's change means for the others (same transaction): a freed running slot wakes the
+        owner's next queued job; a teacher that succeeded releases its waiting students; one that failed
+        or was cancelled fails them (`teacher_failed`), and their own students in turn."""
+        changes: list[Transition] = []
+        if was in OWNED and now not in OWNED:
+            cls._wake(session, select(Job.id).where(Job.owner == owner, *_READY).order_by(Job.created_at).limit(1))
+        if now == JobStatus.SUCCEEDED:
+            released = cls._wake(session, select(Job.id).where(
+                Job.teacher_job_id == job_id, Job.status == JobStatus.QUEUED.value,
+                Job.phase == JobPhase.WAITING_FOR_TEACHER.value), phase_done=True)
+            for student in released:
+                session.execute(_event(student, 0, "teacher_ready", {"teacher_job_id": str(job_id)}))
+                changes.append(Transition(str(student), JobStatus.QUEUED, 0))
+        elif now in TERMINAL:
+            students = session.execute(
+                select(Job.id, Job.owner).where(Job.teacher_job_id == job_id, Job.status == JobStatus.QUEUED.value)
+                .with_for_update()
+            ).all()
+            for student, student_owner in students:
+                message = f"its teacher job {job_id} ended {now.value}"
+                session.execute(update(Job).where(Job.id == student).values(
+                    status=JobStatus.FAILED.value, phase=None, error_code="teacher_failed", error_message=message,
+                    finished_at=func.now(), updated_at=func.now()))
+                failed = {"status": JobStatus.FAILED.value, "error_code": "teacher_failed", "error_message": message}
+                session.execute(_event(student, 0, "status", failed))
+                changes.append(Transition(str(student), JobStatus.FAILED, 0))
+                changes += cls._consequences(session, student, student_owner, JobStatus.QUEUED, JobStatus.FAILED)
+        return changes
+
+    @staticmethod
+    def _wake(session: Session, which: Any, *, phase_done: bool = False) -> list[uuid.UUID]:
+        """Mark queued jobs unpublished (and NOTIFY): a relay sends them a message now."""
+        values: dict[str, Any] = {"published_at": None}
+        if phase_done:
+            values["phase"] = None
+        ids = list(session.execute(
+            update(Job).where(Job.id.in_(which))
+            .values(**values).returning(Job.id)
+        ).scalars())
+        if ids:
+            session.execute(text(f"NOTIFY {QUEUED_CHANNEL}"))
+        return ids
 
     # ------------------------------------------------------------------ create
     def find_replay(self, owner: str, idempotency_key: str) -> tuple[str, dict[str, Any]] | None:
@@ -205,39 +300,26 @@ class JobRepository:
         return None if row is None else (row[0], job_document(row[1:]))
 
     def create(self, new: NewJob, *, max_attempts: int, runtime_limit_seconds: int,
-               active_cap: int) -> dict[str, Any] | None:
-        """Insert a queued job (committed, relay woken) and return it; None on an Idempotency-Key conflict
-        (a concurrent request with the same key won). Raises LimitExceeded at the owner's cap and
-        TeacherGone when the named teacher stopped being usable meanwhile.
+               queued_cap: int) -> dict[str, Any] | None:
+        """Insert a queued job (committed, relays woken) and return it; None on an Idempotency-Key conflict
+        (a concurrent request with the same key won). Raises LimitExceeded at the owner's cap of queued
+        jobs and TeacherGone when the named teacher stopped being usable meanwhile.
 
         One round trip in the common case: BEGIN, owner lock, insert (job + event), NOTIFY and COMMIT
         go out as one psycopg pipeline.
         """
-        params = {
-            "id": uuid.uuid4(), "owner": new.owner, "max_attempts": max_attempts, "spec": Jsonb(new.spec),
-            "metadata": Jsonb(new.metadata), "runtime_limit": runtime_limit_seconds, "key": new.idempotency_key,
-            "hash": new.request_hash, "cap": active_cap,
-            "teacher_job": new.teacher_job_id, "teacher_model": new.teacher_model_id,
-        }
         with self.db.connection() as conn:
             with conn.pipeline():
-                conn.execute(_OWNER_LOCK, (f"hcd-owner:{new.owner}",))
-                cursor = conn.execute(_INSERT_JOB, params)
+                conn.execute(OWNER_LOCK, (f"hcd-owner:{new.owner}",))
+                cursor = conn.execute(INSERT_JOBS, insert_params(
+                    [new], owner=new.owner, metadata=new.metadata, max_attempts=max_attempts,
+                    runtime_limit_seconds=runtime_limit_seconds, queued_cap=queued_cap,
+                    key=new.idempotency_key, request_hash=new.request_hash, sweep_id=None))
                 conn.execute(f"NOTIFY {QUEUED_CHANNEL}")
                 conn.commit()
-            row = cursor.fetchone()
-        assert row is not None  # the final SELECT always returns one row
-        active, usable, job = row[0], row[1], row[2:]
-        if job[0] is not None:
-            return job_document(job)
-        if not usable:
-            raise TeacherGone()
-        if active >= active_cap:
-            raise LimitExceeded(
-                f"you have {active} active jobs (the limit is {active_cap}); wait for one to finish or cancel one",
-                code="too_many_active_jobs",
-            )
-        return None
+            rows = cursor.fetchall()
+        jobs = inserted_jobs(rows, queued_cap, 1)
+        return jobs[0] if jobs else None
 
     # ------------------------------------------------------------------ reads (API)
     def get(self, owner: str, job_id: uuid.UUID) -> dict[str, Any]:
@@ -253,11 +335,14 @@ class JobRepository:
             row = conn.execute("SELECT status FROM jobs WHERE id = %s AND owner = %s", (job_id, owner)).fetchone()
         return None if row is None else JobStatus(row[0])
 
-    def list_jobs(self, owner: str, *, statuses: Sequence[JobStatus] = (),
+    def list_jobs(self, owner: str, *, statuses: Sequence[JobStatus] = (), sweep_id: uuid.UUID | None = None,
                   before: tuple[datetime, uuid.UUID] | None = None, limit: int = 20) -> list[dict[str, Any]]:
         """The owner's jobs, newest first, after the keyset position `before` (created_at, id)."""
         sql = f"SELECT {JOB_COLUMNS} FROM jobs WHERE owner = %s"
         args: list[Any] = [owner]
+        if sweep_id is not None:
+            sql += " AND sweep_id = %s"
+            args.append(sweep_id)
         if statuses:
             sql += " AND status = ANY(%s)"
             args.append([s.value for s in statuses])
@@ -326,11 +411,13 @@ class JobRepository:
                         phase=text(_CANCEL_PHASE), cancel_requested=True, updated_at=func.now())
                 .returning(Job.status, Job.attempt)
             ).one_or_none()
+            changes: list[Transition] = []
             if row is not None:
                 session.execute(_event(job_id, row.attempt, "status",
                                        {"status": row.status, "reason": "cancel requested by user"}))
-        if row is not None:
-            self._announce([Transition(str(job_id), JobStatus(row.status), row.attempt)])
+                changes = [Transition(str(job_id), JobStatus(row.status), row.attempt)]
+                changes += self._consequences(session, job_id, owner, JobStatus.QUEUED, JobStatus(row.status))
+        self._announce(changes)
         job = self.get(owner, job_id)
         if row is None and job["status"] != JobStatus.CANCELLING:
             raise InvalidState(f"job is {job['status']}; only queued or running jobs can be cancelled")
@@ -353,6 +440,12 @@ class JobRepository:
                 raise InvalidState(f"job is {status}; cancel it and wait until it ends before deleting")
             self._refuse_if_teacher_in_use(session, Job.teacher_job_id == job_id, "job")
             session.execute(delete(Job).where(Job.id == job_id))
+
+    def refuse_if_teachers_in_use(self, job_ids: Sequence[uuid.UUID]) -> None:
+        """InUse when an active job outside `job_ids` distils from one of them."""
+        with self.db.session() as session:
+            self._refuse_if_teacher_in_use(
+                session, and_(Job.teacher_job_id.in_(list(job_ids)), Job.id.not_in(list(job_ids))), "job")
 
     @staticmethod
     def _refuse_if_teacher_in_use(session: Session, condition: Any, what: str) -> None:
@@ -403,23 +496,42 @@ class JobRepository:
         return key
 
     # ------------------------------------------------------------------ an attempt's life (worker)
-    def claim(self, job_id: uuid.UUID, worker_id: str, lease_seconds: float) -> int | None:
-        """queued -> running by compare-and-set; the new attempt number, or None (taken, cancelled, gone)."""
+    def claim_next(self, worker_id: str, lease_seconds: float, running_cap: int) -> tuple[uuid.UUID, int] | None:
+        """queued -> running for the next job by the fair order; (job id, attempt), or None when no job
+        can start. Owners take turns: the owner with the fewest running jobs goes first, then the one
+        served least recently, then the oldest job; so one owner's long queue never starves another's
+        single job. An owner runs at most `running_cap` jobs at once; a job waiting for its teacher is
+        skipped."""
         with self.db.session() as session:
-            attempt = session.execute(
-                update(Job)
-                .where(Job.id == job_id, Job.status.in_([s.value for s in sources(JobStatus.RUNNING)]))
-                .values(status=JobStatus.RUNNING.value, attempt=Job.attempt + 1, worker_id=worker_id, phase=None,
-                        progress={}, lease_expires_at=_lease_expiry(lease_seconds), cancel_requested=False,
-                        started_at=func.coalesce(Job.started_at, func.now()), updated_at=func.now())
-                .returning(Job.attempt)
-            ).scalar_one_or_none()
-            if attempt is None:
+            session.execute(text(_CLAIM_LOCK))
+            row = session.execute(text(f"""
+                WITH running AS (
+                    SELECT owner, count(*) AS n FROM jobs WHERE {sql_in(OWNED)} GROUP BY owner
+                ), served AS (
+                    SELECT owner, max(started_at) AS last FROM jobs
+                    WHERE owner IN (SELECT owner FROM jobs WHERE {_READY_SQL}) GROUP BY owner
+                ), candidate AS (
+                    SELECT jobs.id FROM jobs
+                    LEFT JOIN running ON running.owner = jobs.owner
+                    LEFT JOIN served ON served.owner = jobs.owner
+                    WHERE {_READY_SQL} AND coalesce(running.n, 0) < :cap
+                    ORDER BY coalesce(running.n, 0), served.last NULLS FIRST, jobs.created_at, jobs.id
+                    LIMIT 1 FOR UPDATE OF jobs SKIP LOCKED
+                )
+                UPDATE jobs SET status = :to_status, attempt = attempt + 1, worker_id = :worker, phase = NULL,
+                    progress = '{{}}', lease_expires_at = now() + make_interval(secs => :lease),
+                    cancel_requested = false, started_at = coalesce(started_at, now()), updated_at = now()
+                FROM candidate WHERE jobs.id = candidate.id
+                RETURNING jobs.id, jobs.attempt
+            """), {"cap": running_cap, "to_status": JobStatus.RUNNING.value, "worker": worker_id,
+                   "lease": float(lease_seconds)}).one_or_none()
+            if row is None:
                 return None
+            job_id, attempt = row
             session.execute(_event(job_id, attempt, "status", {"status": JobStatus.RUNNING.value,
                                                                "worker_id": worker_id}))
         self._announce([Transition(str(job_id), JobStatus.RUNNING, attempt)])
-        return int(attempt)
+        return job_id, int(attempt)
 
     def load_attempt(self, job_id: uuid.UUID) -> AttemptJob | None:
         with self.db.session() as session:
@@ -432,7 +544,8 @@ class JobRepository:
     def renew_lease(self, job_id: uuid.UUID | str, attempt: int, lease_seconds: float) -> Lease | None:
         """The heartbeat: extend the lease and read the cancel flag; None once the attempt lost the job."""
         with self.db.session() as session:
-            return self._fenced_update(session, job_id, attempt, {"lease_expires_at": _lease_expiry(lease_seconds)})
+            row = self._fenced_update(session, job_id, attempt, {"lease_expires_at": _lease_expiry(lease_seconds)})
+        return None if row is None else row[0]
 
     def is_owner(self, job_id: uuid.UUID | str, attempt: int) -> bool:
         """Whether `attempt` still owns the job (the fence checked before a checkpoint is renamed)."""
@@ -444,11 +557,11 @@ class JobRepository:
     def set_phase(self, job_id: uuid.UUID | str, attempt: int, phase: JobPhase) -> None:
         """Record the attempt's phase (and an event); raises FenceLost."""
         with self.db.session() as session:
-            lease = self._fenced_update(session, job_id, attempt, {"phase": phase.value})
-            if lease is None:
+            row = self._fenced_update(session, job_id, attempt, {"phase": phase.value})
+            if row is None:
                 raise FenceLost(f"job {job_id} is no longer owned by attempt {attempt}")
             session.execute(_event(job_id, attempt, "phase", {"phase": phase.value}))
-        self._announce([Transition(str(job_id), lease.status, attempt, phase.value)])
+        self._announce([Transition(str(job_id), row[0].status, attempt, phase.value)])
 
     def add_event(self, job_id: uuid.UUID | str, attempt: int, type_: str, data: dict[str, Any]) -> None:
         """A notable event that changes no state (e.g. `resumed` from a checkpoint)."""
@@ -489,9 +602,15 @@ class JobRepository:
         if progress is not None:
             values["progress"] = progress
         with self.db.session() as session:
-            if self._fenced_update(session, job_id, attempt, values, OWNED & sources(target)) is None:
-                session.rollback()
+            row = session.execute(
+                select(Job.status, Job.owner)
+                .where(Job.id == uuid.UUID(str(job_id)), Job.attempt == attempt,
+                       Job.status.in_([s.value for s in OWNED & sources(target)]))
+                .with_for_update()
+            ).one_or_none()
+            if row is None:
                 return False
+            session.execute(update(Job).where(Job.id == uuid.UUID(str(job_id))).values(**values, updated_at=func.now()))
             if files:
                 stmt = pg_insert(Artifact).values([
                     {"job_id": uuid.UUID(str(job_id)), "name": f.name, "path": f.key, "size": f.size,
@@ -500,7 +619,9 @@ class JobRepository:
                     index_elements=["job_id", "name"],
                     set_={c: stmt.excluded[c] for c in ("path", "size", "sha256", "media_type")}))
             session.execute(_event(job_id, attempt, "status", data))
-        self._announce([Transition(str(job_id), target, attempt)])
+            changes = [Transition(str(job_id), target, attempt)]
+            changes += self._consequences(session, uuid.UUID(str(job_id)), row.owner, JobStatus(row.status), target)
+        self._announce(changes)
         return True
 
     def hand_back(self, job_id: uuid.UUID | str, attempt: int, *, reason: str,
@@ -512,21 +633,22 @@ class JobRepository:
         """
         with self.db.session() as session:
             row = session.execute(
-                select(Job.status, Job.max_attempts)
+                select(Job.status, Job.max_attempts, Job.owner)
                 .where(Job.id == uuid.UUID(str(job_id)), Job.attempt == attempt, Job.status.in_(_OWNED))
                 .with_for_update()
             ).one_or_none()
             if row is None:
                 return None
-            change = self._give_up(session, uuid.UUID(str(job_id)), JobStatus(row.status), attempt, row.max_attempts,
-                                   reason=reason, error=error)
-        self._announce([change])
-        return change.status
+            changes = self._give_up(session, uuid.UUID(str(job_id)), row.owner, JobStatus(row.status), attempt,
+                                    row.max_attempts, reason=reason, error=error)
+        self._announce(changes)
+        return changes[0].status
 
-    @staticmethod
-    def _give_up(session: Session, job_id: uuid.UUID, status: JobStatus, attempt: int, max_attempts: int, *,
-                 reason: str, error: tuple[str, str] | None) -> Transition:
-        """The transition of a job whose attempt ended without finishing (row locked by the caller)."""
+    @classmethod
+    def _give_up(cls, session: Session, job_id: uuid.UUID, owner: str, status: JobStatus, attempt: int,
+                 max_attempts: int, *, reason: str, error: tuple[str, str] | None) -> list[Transition]:
+        """The transitions when a job's attempt ended without finishing (row locked by the caller): the
+        job's own first, then its consequences for other jobs."""
         if status == JobStatus.CANCELLING:
             target = JobStatus.CANCELLED
         elif error is not None and attempt >= max_attempts:
@@ -549,7 +671,7 @@ class JobRepository:
                 data.update(error_code=error[0], error_message=error[1])
             session.execute(_event(job_id, attempt, "status", data))
         session.execute(update(Job).where(Job.id == job_id).values(**values))
-        return Transition(str(job_id), target, attempt)
+        return [Transition(str(job_id), target, attempt), *cls._consequences(session, job_id, owner, status, target)]
 
     # ------------------------------------------------------------------ housekeeping (every worker)
     def requeue_expired(self, *, limit: int = 200) -> list[Transition]:
@@ -557,24 +679,24 @@ class JobRepository:
         `worker_lost` (a cancelling one ends cancelled). Rows are taken with SKIP LOCKED."""
         with self.db.session() as session:
             rows = session.execute(
-                select(Job.id, Job.status, Job.attempt, Job.max_attempts)
+                select(Job.id, Job.owner, Job.status, Job.attempt, Job.max_attempts)
                 .where(Job.status.in_(_OWNED), Job.lease_expires_at < func.now())
                 .order_by(Job.lease_expires_at).limit(limit).with_for_update(skip_locked=True)
             ).all()
             changes = []
-            for job_id, status, attempt, max_attempts in rows:
+            for job_id, owner, status, attempt, max_attempts in rows:
                 message = f"the worker stopped renewing its lease; {attempt} of {max_attempts} attempts used"
-                changes.append(self._give_up(session, job_id, JobStatus(status), attempt, max_attempts,
-                                             reason="lease_expired", error=("worker_lost", message)))
+                changes += self._give_up(session, job_id, owner, JobStatus(status), attempt, max_attempts,
+                                         reason="lease_expired", error=("worker_lost", message))
         self._announce(changes)
-        return changes
+        return [c for c in changes if c.job_id in {str(r[0]) for r in rows}]
 
     def take_unpublished(self, *, limit: int = 200) -> list[str]:
         """Queued jobs never handed to the queue, marked published now (so no other relay takes them)."""
         with self.db.session() as session:
             ids = session.execute(text(
                 "UPDATE jobs SET published_at = now() WHERE id IN ("
-                f" SELECT id FROM jobs WHERE status = '{JobStatus.QUEUED.value}' AND published_at IS NULL"
+                f" SELECT id FROM jobs WHERE {_READY_SQL} AND published_at IS NULL"
                 " ORDER BY created_at LIMIT :n FOR UPDATE SKIP LOCKED) RETURNING id"
             ), {"n": limit}).scalars().all()
         return [str(i) for i in ids]
@@ -585,7 +707,7 @@ class JobRepository:
         with self.db.session() as session:
             ids = session.execute(text(
                 "UPDATE jobs SET published_at = now() WHERE id IN ("
-                f" SELECT id FROM jobs WHERE status = '{JobStatus.QUEUED.value}'"
+                f" SELECT id FROM jobs WHERE {_READY_SQL}"
                 " AND published_at < now() - make_interval(secs => :grace)"
                 " ORDER BY created_at LIMIT :n FOR UPDATE SKIP LOCKED) RETURNING id"
             ), {"grace": float(grace_seconds), "n": limit}).scalars().all()

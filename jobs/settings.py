@@ -50,7 +50,10 @@ class Settings(BaseSettings):
     keep_checkpoints: bool = False  # keep training checkpoints after a job succeeds
 
     # Limits
-    max_active_jobs_per_owner: int = Field(4, ge=1)
+    # Fair scheduling: an owner runs at most this many jobs at once (the rest wait their turn)...
+    max_running_jobs_per_owner: int = Field(4, ge=1)
+    # ...and may have at most this many waiting (submissions beyond it get 429).
+    max_queued_jobs_per_owner: int = Field(1000, ge=1)
     max_request_bytes: int = Field(1_000_000, ge=1024)
     max_upload_bytes: int = Field(2 * 1024**3, ge=1024)
     body_idle_timeout_seconds: float = Field(15.0, gt=0)  # a request body silent this long is dropped

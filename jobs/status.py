@@ -20,8 +20,9 @@ class JobStatus(StrEnum):
 
 
 class JobPhase(StrEnum):
-    """What a running attempt is doing (NULL while queued and once the job has ended)."""
+    """What a running attempt is doing; while queued, only what the job waits for (NULL: a worker)."""
 
+    WAITING_FOR_TEACHER = "waiting_for_teacher"  # queued until its teacher job succeeds
     LOADING = "loading"
     TRAINING = "training"
     EVALUATING = "evaluating"

@@ -25,7 +25,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from jobs.status import ACTIVE_PREDICATE, JobStatus
+from jobs.status import ACTIVE_PREDICATE, JobStatus, sql_in
 
 
 class Base(DeclarativeBase):
@@ -61,6 +61,9 @@ class Job(Base):
     # neither can be deleted while this job is active.
     teacher_job_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
     teacher_model_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
+    # A job of a sweep: the sweep and the index of its cell.
+    sweep_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True), ForeignKey("sweeps.id"))
+    sweep_cell: Mapped[int | None] = mapped_column(Integer)
     job_metadata: Mapped[dict[str, Any]] = mapped_column("metadata", JSONB, nullable=False, default=dict)
     progress: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False, default=dict)  # epoch, step, total_steps
     latest_metrics: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False, default=dict)
@@ -88,10 +91,36 @@ class Job(Base):
         Index("ix_jobs_owner_active", "owner", postgresql_where=ACTIVE_PREDICATE),
         Index("ix_jobs_teacher_job", "teacher_job_id", postgresql_where="teacher_job_id IS NOT NULL"),
         Index("ix_jobs_teacher_model", "teacher_model_id", postgresql_where="teacher_model_id IS NOT NULL"),
+        Index("ix_jobs_sweep", "sweep_id", "sweep_cell", postgresql_where="sweep_id IS NOT NULL"),
+        # The fair claim scans the queued jobs, oldest first, and when each owner was last served.
+        Index("ix_jobs_queued", "created_at", postgresql_where=sql_in([JobStatus.QUEUED])),
+        Index("ix_jobs_owner_started", "owner", "started_at"),
         Index(
             "uq_jobs_owner_idempotency", "owner", "idempotency_key", unique=True,
             postgresql_where="idempotency_key IS NOT NULL",
         ),
+    )
+
+
+class Sweep(Base):
+    """A grid of spec values x seeds; each run is an ordinary job (jobs.sweep_id). Its status is derived."""
+
+    __tablename__ = "sweeps"
+    id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True, default=uuid.uuid4)
+    owner: Mapped[str] = mapped_column(String(128), nullable=False)
+    base: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False)  # the base spec as submitted
+    grid: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False)  # {dotted path: [values]}
+    seeds: Mapped[list[int]] = mapped_column(JSONB, nullable=False)
+    cells: Mapped[list[dict[str, Any]]] = mapped_column(JSONB, nullable=False)  # [{"index", "values"}]
+    sweep_metadata: Mapped[dict[str, Any]] = mapped_column("metadata", JSONB, nullable=False, default=dict)
+    idempotency_key: Mapped[str | None] = mapped_column(String(255))
+    request_hash: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = _now()
+
+    __table_args__ = (
+        Index("ix_sweeps_owner_created", "owner", "created_at", "id"),
+        Index("uq_sweeps_owner_idempotency", "owner", "idempotency_key", unique=True,
+              postgresql_where="idempotency_key IS NOT NULL"),
     )
 
 

@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 from hcd_core.spec import DatasetSpec, JobSpec
 from hcd_core.types import CARD_NAME, WEIGHTS_NAME
 from jobs.errors import InvalidInput
-from jobs.status import JobStatus
+from jobs.status import ACTIVE, JobStatus
 from jobs.storage import ArtifactStore
 from jobs.tables import Artifact, Job, UploadedModel
 
@@ -39,8 +39,9 @@ class TeacherRef:
 
     job_id: uuid.UUID | None = None
     model_id: uuid.UUID | None = None
-    weights: Path | None = None  # None: timm's pretrained weights
+    weights: Path | None = None  # None: timm's pretrained weights, or a teacher job not finished yet
     card: dict[str, Any] | None = None  # arch, num_classes, image_size, mean, std (what the engine reads)
+    pending: bool = False  # a teacher job still queued or running: the student waits for it
 
 
 def _parse_id(value: str, loc: str, what: str) -> uuid.UUID:
@@ -58,9 +59,13 @@ def _classes(dataset: dict[str, Any]) -> int | None:
 
 
 def resolve_teacher(
-    session: Session, store: ArtifactStore, owner: str, spec: JobSpec, *, read_card: bool = False
+    session: Session, store: ArtifactStore, owner: str, spec: JobSpec, *, read_card: bool = False,
+    allow_pending: bool = False,
 ) -> TeacherRef | None:
-    """The spec's teacher as a TeacherRef (None for a method without one); raises TeacherError."""
+    """The spec's teacher as a TeacherRef (None for a method without one); raises TeacherError.
+
+    With `allow_pending` (a submission), a teacher job still queued or running is accepted: the student
+    waits for it. A worker resolves only succeeded teachers (the claim never starts a waiting job)."""
     teacher = spec.teacher
     if teacher is None:
         return None
@@ -78,20 +83,23 @@ def resolve_teacher(
         ).one_or_none()
         if row is None:
             raise TeacherError(loc, "no such job of yours", "teacher_not_found")
-        if row.status != JobStatus.SUCCEEDED:
-            raise TeacherError(loc, f"the teacher job has status {row.status!r}, not 'succeeded'")
+        pending = allow_pending and JobStatus(row.status) in ACTIVE
+        if row.status != JobStatus.SUCCEEDED and not pending:
+            raise TeacherError(loc, f"the teacher job has status {row.status!r}, not {JobStatus.SUCCEEDED.value!r}")
         keys = dict(session.execute(
             select(Artifact.name, Artifact.path)
             .where(Artifact.job_id == job_id, Artifact.name.in_((WEIGHTS_NAME, CARD_NAME)))
         ).all())
-        if WEIGHTS_NAME not in keys:
-            raise TeacherError(loc, f"the teacher job has no exported {WEIGHTS_NAME}")
         trained = row.spec.get("student", {}).get("arch")
         if trained != teacher.arch:
             raise TeacherError("teacher.arch", f"the teacher job trained {trained!r}, not {teacher.arch!r}")
         teacher_classes = _classes(row.spec.get("dataset", {}))
         if classes is not None and teacher_classes is not None and teacher_classes != classes:
             raise TeacherError(loc, f"the teacher job has {teacher_classes} classes, the dataset {classes}")
+        if pending:
+            return TeacherRef(job_id=job_id, pending=True)
+        if WEIGHTS_NAME not in keys:
+            raise TeacherError(loc, f"the teacher job has no exported {WEIGHTS_NAME}")
         path = store.artifact_path(keys[WEIGHTS_NAME])
         if path is None:
             raise TeacherError(loc, "the teacher job's weights are missing from the artifact store",

@@ -13,7 +13,6 @@ import socket
 import subprocess
 import sys
 import time
-import uuid
 
 from celery import Celery
 
@@ -62,26 +61,24 @@ def run_attempt_in_child(job_id: str, attempt: int) -> int:
                 child.kill()
 
 
-def execute_job(settings: Settings, job_id: str) -> str:
-    try:
-        uid = uuid.UUID(str(job_id))
-    except ValueError:
-        _log.error("ignoring a message with a malformed job id %r", job_id)
-        return "ignored"
+def execute_job(settings: Settings, message_job_id: str) -> str:
+    """A message says work may be waiting: claim the next job by the fair order (not necessarily the
+    message's own job; every queued job has a message of its own, and the relay resends lost ones)."""
     repo = repository(settings)
     worker_id = worker_identity()
     try:
-        attempt = repo.claim(uid, worker_id, settings.lease_seconds)
+        claimed = repo.claim_next(worker_id, settings.lease_seconds, settings.max_running_jobs_per_owner)
     except Exception as err:
         if not database_unavailable(err):
             raise
         # The message is spent; the job stays queued and the relay resends it once Postgres is back.
-        _log.warning("could not claim job %s (database unavailable: %s)", uid, err)
+        _log.warning("could not claim a job (database unavailable: %s)", err)
         return "deferred"
-    if attempt is None:
-        _log.info("job %s is not queued any more (duplicate or cancelled delivery)", uid)
+    if claimed is None:
+        _log.info("no job can start now (message for %s: already taken, cancelled or waiting)", message_job_id)
         return "skipped"
-    _log.info("job %s attempt %d claimed by %s", uid, attempt, worker_id)
+    uid, attempt = claimed
+    _log.info("job %s attempt %d claimed by %s (message for %s)", uid, attempt, worker_id, message_job_id)
     code = run_attempt_in_child(str(uid), attempt)
     if code not in (0, EXIT_LEASE_LOST):
         _log.warning("job %s attempt %d: child exited with %d", uid, attempt, code)

@@ -27,7 +27,7 @@ from jobs.status import JobStatus
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 Owner = Annotated[str, Depends(require_owner)]
-_IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
+IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
 
 _PROBLEM: dict[str, Any] = {"content": {"application/problem+json": {}}}
 _NON_FINITE_NOTE = (
@@ -35,7 +35,13 @@ _NON_FINITE_NOTE = (
 )
 
 
-def _bad_cursor() -> ProblemError:
+def check_json_content_type(request: Request) -> None:
+    content_type = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
+    if content_type != "application/json" and not content_type.endswith("+json"):
+        raise ProblemError(415, "unsupported_media_type", "send the request body as application/json")
+
+
+def bad_cursor() -> ProblemError:
     return ProblemError(422, "validation_error", "invalid cursor",
                         errors=[{"loc": "query.after", "msg": "not a cursor from this API"}])
 
@@ -66,10 +72,8 @@ async def submit_job(
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
 ) -> Response:
     state = request.app.state
-    content_type = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
-    if content_type != "application/json" and not content_type.endswith("+json"):
-        raise ProblemError(415, "unsupported_media_type", "send the job as application/json")
-    if idempotency_key is not None and not _IDEMPOTENCY_KEY.match(idempotency_key):
+    check_json_content_type(request)
+    if idempotency_key is not None and not IDEMPOTENCY_KEY.match(idempotency_key):
         raise ProblemError(422, "validation_error", "Idempotency-Key must be 1..255 visible ASCII characters",
                            errors=[{"loc": "header.Idempotency-Key", "msg": "1..255 visible ASCII characters"}])
     body = parse_json_body(await read_body(request, state.settings.body_idle_timeout_seconds))
@@ -87,6 +91,7 @@ async def list_jobs(
     request: Request,
     owner: Owner,
     status: Annotated[list[JobStatus] | None, Query(description="Filter; repeat for several.")] = None,
+    sweep_id: Annotated[str | None, Query(max_length=64, description="Only the runs of this sweep.")] = None,
     after: Annotated[str | None, Query(max_length=512, description="`next_cursor` of the previous page")] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
 ) -> Response:
@@ -96,9 +101,10 @@ async def list_jobs(
         try:
             before = (datetime.fromisoformat(created_iso), parse_uuid(job_id))
         except (ValueError, ProblemError):
-            raise _bad_cursor() from None
+            raise bad_cursor() from None
+    sweep = parse_uuid(sweep_id, "sweep") if sweep_id else None
     rows = await in_db_thread(request, lambda: request.app.state.repo.list_jobs(
-        owner, statuses=status or (), before=before, limit=limit + 1))
+        owner, statuses=status or (), sweep_id=sweep, before=before, limit=limit + 1))
     page, has_more = rows[:limit], len(rows) > limit
     cursor = encode_cursor(page[-1]["created_at"].isoformat(), str(page[-1]["id"])) if has_more else None
     return json_response({"data": page, "has_more": has_more, "next_cursor": cursor})

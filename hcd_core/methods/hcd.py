@@ -1,4 +1,7 @@
-"""HCD: projector P_k -> h_k; CFM_k(concat(h_k, f_t)) -> n*C raw sub-logits S_k; SDD + OL losses."""
+"""HCD: projector P_k -> h_k; CFM_k(concat(h_k, f_t)) -> n*C raw sub-logits S_k; SDD + OL losses.
+
+With `cfm_teacher_feature: false` the CFM sees h_k alone (an ablation of its teacher input).
+"""
 
 from __future__ import annotations
 
@@ -51,12 +54,13 @@ class HcdMethod(Method):
             shapes.channels[-self.num_stages:], shapes.sizes[-self.num_stages:], dim
         )
         out = config.num_sub_logits * num_classes
+        cfm_in = dim + d_t if config.cfm_teacher_feature else dim
         # All K CFMs run as one batched matmul (StackedLinear); cfm "mlp" adds a hidden layer of width d_t.
         if config.cfm == "linear":
-            self.cfm = nn.Sequential(StackedLinear(self.num_stages, dim + d_t, out))
+            self.cfm = nn.Sequential(StackedLinear(self.num_stages, cfm_in, out))
         else:
             self.cfm = nn.Sequential(
-                StackedLinear(self.num_stages, dim + d_t, d_t), nn.ReLU(inplace=True),
+                StackedLinear(self.num_stages, cfm_in, d_t), nn.ReLU(inplace=True),
                 StackedLinear(self.num_stages, d_t, out),
             )
 
@@ -73,15 +77,18 @@ class HcdMethod(Method):
         feats = tapped_features(self.name, student_out, self.num_stages)
         h = torch.stack([proj(f) for proj, f in zip(self.projectors, feats, strict=True)])  # (K, B, D)
         k, batch = h.shape[0], h.shape[1]
-        f_t = teacher_out.pre_logits.to(h.dtype).unsqueeze(0).expand(k, -1, -1)  # (K, B, d_t)
-        shared = self.cfm(torch.cat([h, f_t], dim=2))  # (K, B, n*C)
-        sub_logits = shared.view(k, batch, self.num_sub_logits, self.num_classes)  # stage k: [k]
         c = self.config
+        if c.cfm_teacher_feature:
+            f_t = teacher_out.pre_logits.to(h.dtype).unsqueeze(0).expand(k, -1, -1)  # (K, B, d_t)
+            h = torch.cat([h, f_t], dim=2)
+        shared = self.cfm(h)  # (K, B, n*C)
+        sub_logits = shared.view(k, batch, self.num_sub_logits, self.num_classes)  # stage k: [k]
         terms = losses.hcd_loss_terms_stacked(
             student_out.logits, teacher_out.logits, sub_logits, target,
             temperature=c.temperature, fusion=c.fusion, ol_threshold=c.ol_threshold, ol_input=c.ol_input,
             mask_target=c.mask_target, detach_fused=c.detach_fused, stage_reduce=c.stage_reduce,
-            label_smoothing=label_smoothing,
+            label_smoothing=label_smoothing, sdd_ce_input=c.sdd_ce_input, fusion_student=c.fusion_student,
+            fusion_teacher=c.fusion_teacher, sdd_temperature=c.sdd_temperature,
         )
         loss = weighted_sum([(c.w_ce, terms["ce"]), (c.w_kd, terms["kd"]), (c.w_sdd_ce, terms["sdd_ce"]),
                              (c.w_sdd_kl, terms["sdd_kl"]), (c.w_ol, terms["ol"])])

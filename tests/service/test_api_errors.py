@@ -144,9 +144,15 @@ def test_teacher_rules(api_client, auth_headers, service_settings, api_owner):
     assert_problem(post({"source": "job", "job_id": str(uuid.uuid4())}), 422, "teacher_not_found")
     assert_problem(post({"source": "model", "model_id": str(uuid.uuid4())}), 422, "teacher_not_found")
 
+    failed = insert_job(service_settings, api_owner, status="failed")
+    body = assert_problem(post({"source": "job", "job_id": str(failed)}), 422, "invalid_spec")
+    assert "failed" in body["detail"]
+    # A teacher still running is fine: the student waits for it (queued, phase waiting_for_teacher).
     running = insert_job(service_settings, api_owner, status="running")
-    body = assert_problem(post({"source": "job", "job_id": str(running)}), 422, "invalid_spec")
-    assert "running" in body["detail"]
+    waiting = post({"source": "job", "job_id": str(running)})
+    assert waiting.status_code == 202 and waiting.json()["phase"] == "waiting_for_teacher", waiting.text
+    body = assert_problem(post({"source": "job", "job_id": str(running)}, teacher_arch="test_vit"), 422, "invalid_spec")
+    assert body["errors"][0]["loc"] == "teacher.arch"  # checked against the running teacher's spec too
 
     done = insert_job(service_settings, api_owner, status="succeeded")
     body = assert_problem(post({"source": "job", "job_id": str(done)}), 422, "invalid_spec")

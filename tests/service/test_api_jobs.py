@@ -93,13 +93,13 @@ def test_concurrent_idempotent_submits_create_one_job(api_client, auth_headers):
     assert len({r.json()["id"] for r in results}) == 1
 
 
-def test_active_job_cap(service_settings, api_key):
-    app = create_app(service_settings.model_copy(update={"max_active_jobs_per_owner": 2}))
+def test_queued_job_cap(service_settings, api_key):
+    app = create_app(service_settings.model_copy(update={"max_queued_jobs_per_owner": 2}))
     headers = {"Authorization": f"Bearer {api_key}"}
     with TestClient(app) as client:
         ids = [_submit(client, headers).json()["id"] for _ in range(2)]
         r = _submit(client, headers)
-        assert_problem(r, 429, "too_many_active_jobs")
+        assert_problem(r, 429, "too_many_queued_jobs")
         assert int(r.headers["retry-after"]) > 0
         assert client.post(f"/jobs/{ids[0]}/cancel", headers=headers).status_code == 202
         assert _submit(client, headers).status_code == 202
@@ -261,12 +261,14 @@ def test_submission_racing_the_deletion_of_its_teacher_never_orphans_a_student(
 
 
 def test_claim_starts_a_new_attempt_with_fresh_progress(service_settings, api_owner):
+    from worker_fixtures import claim
+
     from jobs.repository import JobRepository
 
     repo = JobRepository(database(service_settings))
     job_id = insert_job(service_settings, api_owner, status="queued",
                         progress={"epoch": 5, "epochs": 8, "step": 50, "total_steps": 80}, attempt=1)
-    assert repo.claim(job_id, "worker-x", service_settings.lease_seconds) == 2
+    assert claim(service_settings, job_id, "worker-x") == 2
     job = repo.get(api_owner, job_id)
     assert job["progress"] == {} and job["phase"] is None and job["status"] == "running"
     repo.cancel(api_owner, job_id)

@@ -6,7 +6,7 @@ import time
 
 import pytest
 from sqlalchemy import text
-from worker_fixtures import get_job, insert_job, job_events, tiny_spec, wait_for_status
+from worker_fixtures import claim, get_job, insert_job, job_events, tiny_spec, wait_for_status
 
 from jobs.db import database
 from jobs.errors import FenceLost
@@ -76,9 +76,9 @@ def test_relay_publishes_once_and_resends_only_a_lost_message(service_settings, 
 def test_expired_lease_requeues_then_fails_with_worker_lost(service_settings, repo, housekeeper):
     job_id = insert_job(service_settings, tiny_spec(), max_attempts=2, published=True)
     try:
-        first = repo.claim(job_id, "dead-worker-1", service_settings.lease_seconds)
+        first = claim(service_settings, job_id, "dead-worker-1")
         assert first == 1
-        assert repo.claim(job_id, "other", service_settings.lease_seconds) is None  # the CAS admits one claimer
+        assert claim(service_settings, job_id, "other") is None  # the CAS admits one claimer
         _expire_lease(service_settings, job_id)
         counts = housekeeper.sweep()
         assert counts[JobStatus.QUEUED] == 1 and counts["published"] >= 1
@@ -90,7 +90,7 @@ def test_expired_lease_requeues_then_fails_with_worker_lost(service_settings, re
             repo.set_phase(job_id, first, JobPhase.TRAINING)
         assert repo.renew_lease(job_id, first, 30) is None
 
-        second = repo.claim(job_id, "dead-worker-2", service_settings.lease_seconds)
+        second = claim(service_settings, job_id, "dead-worker-2")
         assert second == 2
         with pytest.raises(FenceLost):
             repo.set_phase(job_id, first, JobPhase.TRAINING)
@@ -110,7 +110,7 @@ def test_expired_lease_requeues_then_fails_with_worker_lost(service_settings, re
 
 def test_expired_lease_of_cancelling_job_ends_cancelled(service_settings, repo, housekeeper):
     job_id = insert_job(service_settings, tiny_spec(), published=True)
-    assert repo.claim(job_id, "dead-worker", service_settings.lease_seconds) == 1
+    assert claim(service_settings, job_id, "dead-worker") == 1
     with database(service_settings).session() as session:
         session.execute(text("UPDATE jobs SET status='cancelling', cancel_requested=true WHERE id=:id"),
                         {"id": job_id})
@@ -125,7 +125,7 @@ def test_no_lease_is_declared_lost_until_the_database_was_seen_healthy_for_a_lea
     keeper = Housekeeper(settings, repo, CeleryQueue(settings))
     job_id = insert_job(settings, tiny_spec(), published=True)
     try:
-        assert repo.claim(job_id, "slow-worker", settings.lease_seconds) == 1
+        assert claim(settings, job_id, "slow-worker") == 1
         _expire_lease(settings, job_id)
         keeper._database_ok()  # the database just came back
         assert keeper.sweep()[JobStatus.QUEUED] == 0
@@ -155,11 +155,11 @@ def test_a_stale_attempt_cannot_replace_the_checkpoint_of_a_newer_one(service_se
 
     job_id = insert_job(service_settings, tiny_spec(), published=True)
     try:
-        assert repo.claim(job_id, "frozen-worker", service_settings.lease_seconds) == 1
+        assert claim(service_settings, job_id, "frozen-worker") == 1
         stale = Attempt(service_settings, repo.load_attempt(uuid.UUID(job_id)))
         # Attempt 1 froze; its lease was given up and attempt 2 took the job and checkpointed.
         assert repo.hand_back(job_id, 1, reason="lease_expired") is not None
-        assert repo.claim(job_id, "new-worker", service_settings.lease_seconds) == 2
+        assert claim(service_settings, job_id, "new-worker") == 2
         current = Attempt(service_settings, repo.load_attempt(uuid.UUID(job_id)))
         folder = LocalStore(service_settings.data_dir).checkpoint_dir(job_id)
         folder.mkdir(parents=True)

@@ -152,11 +152,26 @@ def insert_job(settings, spec: dict, *, owner: str | None = None, published: boo
                  request_hash="test")
     job = JobRepository(database(settings)).create(
         new, max_attempts=max_attempts or settings.max_attempts, runtime_limit_seconds=runtime_limit,
-        active_cap=1_000_000)
+        queued_cap=1_000_000)
     if published:
         with database(settings).session() as session:
             session.execute(text("UPDATE jobs SET published_at = now() WHERE id = :id"), {"id": job["id"]})
     return str(job["id"])
+
+
+def claim(settings, job_id, worker_id: str = "test-worker") -> int | None:
+    """Claim `job_id` as a worker would (the fair claim takes the next ready job, so the test first
+    takes every other queued job out of the way); its new attempt number, or None."""
+    from jobs.repository import JobRepository
+
+    with database(settings).session() as session:
+        session.execute(text("UPDATE jobs SET status = 'cancelled', finished_at = now() "
+                             "WHERE status = 'queued' AND id <> :id"), {"id": str(job_id)})
+    claimed = JobRepository(database(settings)).claim_next(worker_id, settings.lease_seconds, 1_000_000)
+    if claimed is None:
+        return None
+    assert str(claimed[0]) == str(job_id), claimed
+    return claimed[1]
 
 
 def get_job(settings, job_id: str) -> Job:
