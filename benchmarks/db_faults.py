@@ -91,7 +91,7 @@ def main() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("HCD_")}
     env.update(HCD_DATABASE_URL=pg.url, HCD_REDIS_URL=redis_server.url, HCD_DATA_DIR=str(work / "data"),
                HCD_LEASE_SECONDS=str(args.lease), HCD_SWEEP_INTERVAL_SECONDS="1", HCD_WORKER_DEVICE="cpu",
-               HCD_MAX_ACTIVE_JOBS_PER_OWNER="1000")
+               HCD_MAX_QUEUED_JOBS_PER_OWNER="1000")
     with database(settings).session() as session:
         key = create_key(session, "drill")
     port = free_port()

@@ -85,7 +85,7 @@ def build_step_runner(name: str, args, teacher, device, precision, *, grad_clip=
         student.to(memory_format=torch.channels_last)
         method.to(memory_format=torch.channels_last)
     params = trainable_parameters(student, method)
-    optimizer = build_optimizer(params, spec.training, grad_scaling=precision.use_scaler)
+    optimizer = build_optimizer([student, method], spec.training, grad_scaling=precision.use_scaler)
     ema = ModelEma(student.model, spec.training.ema_decay) if spec.training.ema_decay else None
     return StepRunner(student=student, teacher=teacher if name != "ce" else None, method=method,
                       optimizer=optimizer, precision=precision, params=params, grad_clip=grad_clip,

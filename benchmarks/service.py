@@ -4,7 +4,7 @@
     ... python benchmarks/service.py --tool wrk --duration 10     # load from wrk (C), not Python
 
 1. POST /jobs and GET /jobs/{id}: p50/p99 with N concurrent clients (closed loop). Every job it
-   creates is cancelled afterwards. Raise the server's HCD_MAX_ACTIVE_JOBS_PER_OWNER for this
+   creates is cancelled afterwards. Raise the server's HCD_MAX_QUEUED_JOBS_PER_OWNER for this
    part, or the per-owner cap answers 429 (counted and reported, excluded from the latencies).
    `--tool wrk` (default when `wrk` is on PATH: apt-get install wrk) drives the load from wrk
    with a Lua script (`--duration` seconds per call), so the load generator's CPU does not

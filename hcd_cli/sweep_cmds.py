@@ -94,6 +94,14 @@ def _grid_loader() -> type[yaml.SafeLoader]:
     return GridLoader
 
 
+def yaml_problem(err: Exception) -> str:
+    """One line for a YAML error: its problem and where, without the quoted snippet."""
+    problem, mark = getattr(err, "problem", None), getattr(err, "problem_mark", None)
+    if problem and mark is not None:
+        return f"{problem} (line {mark.line + 1}, column {mark.column + 1})"
+    return str(problem or " ".join(str(err).split()))
+
+
 def parse_grid_values(text: str) -> list[Any]:
     """`4,0.1,mlp,[0.5,0.5]` -> [4, 0.1, "mlp", [0.5, 0.5]] (see the module's docstring)."""
     import yaml
@@ -101,8 +109,8 @@ def parse_grid_values(text: str) -> list[Any]:
     try:
         values = yaml.load(f"[{text}]", Loader=_grid_loader())  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as err:
-        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-        raise BadInput(f"cannot read the values {text!r} as YAML: {problem} (quote values that hold commas)") from None
+        raise BadInput(f"cannot read the values {text!r} as YAML: {getattr(err, 'problem', None) or err} "
+                       "(quote values that hold commas)") from None
     if not isinstance(values, list):  # pragma: no cover - a flow sequence always loads as a list
         raise BadInput(f"cannot read the values {text!r}")
     return values
@@ -234,6 +242,15 @@ class Run:
         }
 
 
+def _say(text: str = "", *, err: bool = False) -> None:
+    """print(), except that a closed stdout (`hcd sweep ... | head`) does not end a running sweep."""
+    stream = sys.stderr if err else sys.stdout
+    try:
+        print(text, file=stream, flush=True)
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())  # and no error when Python flushes at exit
+
+
 def _cpu_count() -> int:
     try:
         return len(os.sched_getaffinity(0))
@@ -289,7 +306,7 @@ def _localize(doc: dict[str, Any], spec_dir: Path, loc: str) -> list[str]:
     return []
 
 
-def plan_runs(spec_path: Path, base: dict[str, Any], cells: Sequence[Cell], root: Path) -> list[Run]:
+def plan_runs(spec_path: Path, cells: Sequence[Cell], root: Path) -> list[Run]:
     """One Run per cell and seed with the spec it trains; BadInput for what would fail every time."""
     from hcd_core.sweep import cell_slug
 
@@ -315,6 +332,14 @@ def plan_runs(spec_path: Path, base: dict[str, Any], cells: Sequence[Cell], root
     return runs
 
 
+def _same_spec(trained: Any, expected: Any) -> bool:
+    """Whether a card's spec is the run's spec, on the fields both know (a field added to the spec
+    since the run was trained does not make it another spec)."""
+    if isinstance(trained, dict) and isinstance(expected, dict):
+        return all(_same_spec(trained[k], expected[k]) for k in trained.keys() & expected.keys())
+    return bool(trained == expected)
+
+
 def _check_finished(runs: Sequence[Run]) -> None:
     """A finished run in the output folder must be a run of this sweep's spec, else nothing runs."""
     from hcd_core.spec import JobSpec
@@ -327,7 +352,8 @@ def _check_finished(runs: Sequence[Run]) -> None:
             trained = _read_card(run.folder).get("spec")
         except (OSError, ValueError):
             continue  # reported as a failed run
-        if trained is not None and trained != JobSpec.model_validate(run.doc).resolved().model_dump(mode="json"):
+        if trained is not None and not _same_spec(
+                trained, JobSpec.model_validate(run.doc).resolved().model_dump(mode="json")):
             foreign.append(f"{run.folder}: its model_card.json is of another spec")
     if foreign:
         raise BadInput("the output folder holds finished runs of another spec: move them away or use another "
@@ -367,8 +393,8 @@ def _interrupts(state: dict[str, int]) -> Iterator[None]:
     def on_signal(signum: int, frame: FrameType | None) -> None:
         state["count"] += 1
         if state["count"] == 1:
-            print("\nhcd sweep: stopping: the running runs save a checkpoint (Ctrl-C again to abort them); "
-                  "rerun the same command to resume", file=sys.stderr, flush=True)
+            _say("\nhcd sweep: stopping: the running runs save a checkpoint (Ctrl-C again to abort them); "
+                 "rerun the same command to resume", err=True)
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -406,7 +432,7 @@ class LocalSweep:
         self.total = len(runs)
 
     def _say(self, run: Run, text: str) -> None:
-        print(f"[{self.runs.index(run) + 1}/{self.total}] {run.slug} seed {run.seed}: {text}", flush=True)
+        _say(f"[{self.runs.index(run) + 1}/{self.total}] {run.slug} seed {run.seed}: {text}")
 
     def write_state(self, status: str) -> None:
         _write_json(self.root / SWEEP_FILE, {**self.header, "status": status, "updated_at": time.time(),
@@ -529,13 +555,14 @@ def summarize(runs: Sequence[Run]) -> list[dict[str, Any]]:
 
 def summary_markdown(spec: str, seeds: Sequence[int], runs: Sequence[Run], cells: Sequence[dict[str, Any]]) -> str:
     sizes = {c["val_size"] for c in cells if c["val_size"] is not None}
-    on = f" on the validation set ({sizes.pop()} images)" if len(sizes) == 1 else " on the validation set"
+    on = f" ({sizes.pop()} images)" if len(sizes) == 1 else ""
     ok = sum(r.status == "succeeded" for r in runs)
     lines = [
         f"# Sweep of {spec}", "",
         f"{len(cells)} cell(s) x seeds {', '.join(map(str, seeds))}: {ok}/{len(runs)} runs succeeded. "
-        f"val_top1 is top-1 accuracy (%){on}, mean ± sample std over the seeds that succeeded; "
-        "final is after the last epoch, best the best epoch's.", "",
+        f"val_top1 is the top-1 accuracy (%) on the runs' evaluation split{on}, mean ± sample std over the "
+        "seeds that succeeded: final after the last epoch, best at the best epoch (model_card.json's "
+        "final_metrics and best_metrics).", "",
         cells_table(cells, [("wall s (sum)", lambda c: _fmt_num(c["wall_s"]["sum"], 1)),
                             ("wall s / run", lambda c: _fmt_num(c["wall_s"]["mean_per_run"], 1)),
                             ("folder", lambda c: str(c["folder"]))]),
@@ -557,7 +584,7 @@ def cmd_local(args: argparse.Namespace) -> int:
     except FileNotFoundError:
         raise BadInput(f"spec file not found: {spec_path}") from None
     except Exception as err:  # JSON, YAML and OS errors alike: one line
-        raise BadInput(f"cannot read spec {spec_path}: {' '.join(str(err).split())}") from None
+        raise BadInput(f"cannot read spec {spec_path}: {yaml_problem(err)}") from None
     grid = parse_grid(args.grid or [])
     seeds = parse_seeds(args.seeds)
     parallel = 1 if args.parallel is None else args.parallel
@@ -568,7 +595,7 @@ def cmd_local(args: argparse.Namespace) -> int:
     except SweepError as err:
         raise BadInput(str(err), [f"{e['loc']}: {e['msg']}" for e in err.errors]) from None
     root: Path = args.output
-    runs = plan_runs(spec_path, base, cells, root)
+    runs = plan_runs(spec_path, cells, root)
     _check_finished(runs)
     data_root = args.data_root.resolve() if args.data_root is not None else None
 
@@ -592,8 +619,8 @@ def cmd_local(args: argparse.Namespace) -> int:
         sweep = LocalSweep(runs, root=root, parallel=parallel, data_root=data_root, header=header)
         skipped = sum(r.action == "skipped" for r in runs)
         todo = sum(r.status == "pending" for r in runs)
-        print(f"hcd sweep: {len(cells)} cell(s) x {len(seeds)} seed(s) = {len(runs)} runs in {root}; "
-              f"{skipped} finished already, {todo} to run, {parallel} at once", flush=True)
+        _say(f"hcd sweep: {len(cells)} cell(s) x {len(seeds)} seed(s) = {len(runs)} runs in {root}; "
+             f"{skipped} finished already, {todo} to run, {parallel} at once")
         sweep.write_state("running")
         sweep.execute()
 
@@ -607,15 +634,12 @@ def cmd_local(args: argparse.Namespace) -> int:
                                           "metric": "val_top1", "cells": cells_summary})
         markdown = summary_markdown(str(spec_path), seeds, runs, cells_summary)
         (root / SUMMARY_MD).write_text(markdown)
-    print()
-    print(markdown, end="")
-    print(f"\n{root / SUMMARY_MD}, {root / SUMMARY_JSON}, {root / SWEEP_FILE}")
+    _say(f"\n{markdown}\n{root / SUMMARY_MD}, {root / SUMMARY_JSON}, {root / SWEEP_FILE}")
     if interrupted and unfinished:
-        print("hcd sweep: interrupted; rerun the same command to resume", file=sys.stderr)
+        _say("hcd sweep: interrupted; rerun the same command to resume", err=True)
         return EXIT_INTERRUPTED
     if failed:
-        print("hcd sweep: some runs failed (see their train.log); rerun the same command to retry them",
-              file=sys.stderr)
+        _say("hcd sweep: some runs failed (see their train.log); rerun the same command to retry them", err=True)
         return EXIT_FAILED
     return EXIT_OK
 
@@ -651,7 +675,10 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(json.dumps(sweep, indent=2))
         return EXIT_OK
     cells = sweep.get("cells") or []
-    print(f"sweep {sweep.get('id', args.target_path)}: {sweep.get('status', '?')}, {len(cells)} cell(s)")
+    counts = sweep.get("counts") or {}
+    jobs = ", ".join(f"{n} {status}" for status, n in counts.items() if n)
+    print(f"sweep {sweep.get('id', args.target_path)}: {sweep.get('status', '?')}, {len(cells)} cell(s), "
+          f"{sweep.get('runs', '?')} run(s)" + (f" ({jobs})" if jobs else ""))
     if cells:
         print(cells_table(cells, [("jobs", lambda c: str(len(c.get("job_ids") or [])))]))
     return EXIT_OK
@@ -672,7 +699,7 @@ def _client_guard(func: Callable[[argparse.Namespace], int]) -> Callable[[argpar
         except OSError as err:
             raise ClientError(f"cannot read {err.filename}: {err.strerror}") from None
         except yaml.YAMLError as err:
-            raise ClientError(f"cannot read the spec as YAML/JSON: {' '.join(str(err).split())}") from None
+            raise ClientError(f"cannot read the spec as YAML/JSON: {yaml_problem(err)}") from None
         except httpx.InvalidURL as err:
             raise ClientError(f"HCD_SERVER_URL: {err}") from None
         except (httpx.HTTPError, ValueError, KeyError) as err:
@@ -706,7 +733,7 @@ def _usage_check(args: argparse.Namespace) -> tuple[str, Callable[[argparse.Name
     wrong = [_OPTION[name] for name in given if name not in allowed]
     if wrong:
         form = "a local sweep" if mode == "local" else f"hcd sweep {mode}"
-        raise BadInput(f"{', '.join(wrong)} do(es) not apply to {form}")
+        raise BadInput(f"{', '.join(wrong)}: not an option of {form}")
     if mode in ("local", "submit") and args.seeds is None:
         raise BadInput("--seeds is required, e.g. --seeds 0,1,2")
     if mode == "local" and args.output is None:
@@ -735,7 +762,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     p.add_argument("target", metavar="SPEC|submit|status",
                    help="a spec file (.yaml, .yml or .json) for a local sweep, or `submit` / `status`")
-    p.add_argument("rest", nargs="*", metavar="SPEC|ID", help="submit: the spec file ('-': stdin); status: the id")
+    p.add_argument("rest", nargs="*", default=[], metavar="SPEC|ID",
+                   help="submit: the spec file ('-': stdin); status: the sweep's id")
     both = p.add_argument_group("the grid (local sweeps and submit)")
     both.add_argument("--grid", action="append", metavar="PATH=V1,V2,...",
                       help="a dotted spec path and its values, e.g. method.temperature=1,4 (repeatable)")

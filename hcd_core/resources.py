@@ -16,10 +16,14 @@ from hcd_core.dataset_facts import (
     CIFAR_IMAGE_BYTES,
     CIFAR_NUM_SAMPLES,
     DIGITS_BASE_SIZE,
+    DIGITS_HARD_BASE_SIZE,
+    DIGITS_HARD_COPIES,
     DIGITS_NUM_SAMPLES,
+    DIGITS_NUM_TRAIN,
     SYNTHETIC_BASE_MAX,
     SYNTHETIC_TRAIN_SIZE,
     SYNTHETIC_VAL_SIZE,
+    TENSOR_DATASETS,
 )
 from hcd_core.spec import JobSpec, required
 
@@ -30,6 +34,9 @@ EVAL_MIN_BATCH = 256  # hcd_core.data evaluates in batches of max(batch_size, 25
 
 # Peak of generating a synthetic split, in copies of the split (noise, prototypes[y], their sum).
 SYNTHETIC_BUILD_COPIES = 3  # measured: 3.0x the split's bytes
+# Peak of generating a digits_hard split, in copies of the split (repeated originals, the sampling
+# grid (2), the transformed images, the noise): measured 6.7x the train split's bytes.
+DIGITS_HARD_BUILD_COPIES = 6
 # Extra batch-sized copies alive while a tensor-dataset batch is prepared (resize, augment,
 # normalise). Measured on CPU, peak / batch bytes: none and flip 3.0, rrc_flip 4.0, crop_flip 5.6.
 TRAIN_PREP_EXTRA = {"none": 2, "flip": 2, "rrc_flip": 3, "crop_flip": 4}
@@ -67,11 +74,12 @@ def _dataset_parts(spec: JobSpec) -> tuple[MemoryPart, MemoryPart]:
     d = spec.dataset
     held, build = 0, 0
     fields: tuple[str, ...] = ("dataset.name",)
+    holdout = d.eval_split == "holdout"  # tensor datasets: the eval split is cut from the train split
     if d.name == "synthetic":
         base = min(d.image_size, SYNTHETIC_BASE_MAX)
         per_sample = 3 * base * base * FLOAT32 + INT64
         train = (d.train_size or SYNTHETIC_TRAIN_SIZE) * per_sample
-        val = (d.val_size or SYNTHETIC_VAL_SIZE) * per_sample
+        val = 0 if holdout else (d.val_size or SYNTHETIC_VAL_SIZE) * per_sample
         held = train + val
         # The train split is generated first, then the val split next to it.
         peak = max(SYNTHETIC_BUILD_COPIES * train, train + SYNTHETIC_BUILD_COPIES * val)
@@ -81,6 +89,13 @@ def _dataset_parts(spec: JobSpec) -> tuple[MemoryPart, MemoryPart]:
         pixels = DIGITS_NUM_SAMPLES * DIGITS_BASE_SIZE**2
         held = pixels * FLOAT32 + DIGITS_NUM_SAMPLES * INT64
         build = pixels * FLOAT64  # sklearn's float64 array
+    elif d.name == "digits_hard":
+        per_sample = DIGITS_HARD_BASE_SIZE**2 * FLOAT32 + INT64
+        train = DIGITS_NUM_TRAIN * DIGITS_HARD_COPIES * per_sample
+        test = 0 if holdout else (DIGITS_NUM_SAMPLES - DIGITS_NUM_TRAIN) * DIGITS_HARD_COPIES * per_sample
+        held = train + test
+        peak = max(DIGITS_HARD_BUILD_COPIES * train, train + DIGITS_HARD_BUILD_COPIES * test)
+        build = peak - held
     elif d.name in ("cifar10", "cifar100"):
         held = CIFAR_NUM_SAMPLES * CIFAR_IMAGE_BYTES  # uint8, both splits
     return MemoryPart("dataset", held, fields), MemoryPart("dataset_build", build, fields)
@@ -94,7 +109,7 @@ def _step_parts(spec: JobSpec) -> list[MemoryPart]:
     image = 3 * d.image_size**2 * FLOAT32
     train = batch_size * image
     evaluation = max(batch_size, EVAL_MIN_BATCH) * image
-    tensor_data = d.name in ("digits", "synthetic")
+    tensor_data = d.name in TENSOR_DATASETS
     if tensor_data:  # training and evaluation batches are not prepared at the same time
         prep = max(TRAIN_PREP_EXTRA[augment] * train, EVAL_PREP_EXTRA * evaluation)
     else:

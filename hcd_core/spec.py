@@ -18,8 +18,9 @@ from hcd_core.recipes import RECIPES
 from hcd_core.spec_base import SpecModel
 
 __all__ = [
-    "DATASET_NAMES", "METHOD_NAMES", "DatasetSpec", "FileWeights", "JobSpec", "JobWeights", "MethodConfig", "ModelWeights",
-    "StudentSpec", "TeacherSpec", "TeacherWeights", "TimmPretrainedWeights", "TrainingSpec", "parse_spec", "required",
+    "DATASET_NAMES", "METHOD_NAMES", "DatasetSpec", "FileWeights", "JobSpec", "JobWeights", "MethodConfig",
+    "ModelWeights", "StudentSpec", "TeacherSpec", "TeacherWeights", "TimmPretrainedWeights", "TrainingSpec",
+    "parse_spec", "required",
 ]
 
 T = TypeVar("T")

@@ -268,6 +268,7 @@ class JobRepository:
                 .with_for_update()
             ).all()
             for student, student_owner in students:
+                check_transition(JobStatus.QUEUED, JobStatus.FAILED)
                 message = f"its teacher job {job_id} ended {now.value}"
                 session.execute(update(Job).where(Job.id == student).values(
                     status=JobStatus.FAILED.value, phase=None, error_code="teacher_failed", error_message=message,

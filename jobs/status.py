@@ -31,8 +31,9 @@ class JobPhase(StrEnum):
 
 _S = JobStatus
 TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
-    # claimed by a worker; cancelled by the user before any worker took it
-    _S.QUEUED: frozenset({_S.RUNNING, _S.CANCELLED}),
+    # claimed by a worker; cancelled by the user before any worker took it; failed when the teacher it
+    # waits for failed or was cancelled (`teacher_failed`)
+    _S.QUEUED: frozenset({_S.RUNNING, _S.CANCELLED, _S.FAILED}),
     # finished; cancel requested; handed back (worker shutdown, lost lease, storage failure)
     _S.RUNNING: frozenset({_S.SUCCEEDED, _S.FAILED, _S.CANCELLING, _S.QUEUED}),
     # the attempt stopped (or finished first); a lost lease while cancelling ends it too

@@ -13,6 +13,8 @@ from hcd_core.data import (
     augment_tensor,
     build_data,
     digits_arrays,
+    digits_hard_arrays,
+    holdout_split,
     resolve_root,
     synthetic_arrays,
 )
@@ -134,3 +136,127 @@ def test_missing_imagefolder_split_is_clear(tmp_path):
     (tmp_path / "train").mkdir()
     with pytest.raises(DatasetUnavailable, match="val"):
         build_data(DatasetSpec(name="imagefolder", root=str(tmp_path)), batch_size=2)
+
+
+# --------------------------------------------------------------------------- digits_hard
+@pytest.fixture(scope="module")
+def hard():
+    return digits_hard_arrays()
+
+
+def test_digits_hard_sizes_and_the_originals_split(hard):
+    xtr, ytr, xte, yte = hard
+    assert xtr.shape == (1437 * 5, 1, 16, 16) and xte.shape == (360 * 5, 1, 16, 16)
+    assert float(xtr.min()) >= 0.0 and float(xtr.max()) <= 1.0
+    # copies are image-major: rows 5i..5i+4 are copies of original i of the digits split, with its label
+    _, dytr, _, dyte = digits_arrays()
+    assert torch.equal(ytr, dytr.repeat_interleave(5)) and torch.equal(yte, dyte.repeat_interleave(5))
+    # the copies of one original differ (random transforms), and no two images are equal
+    assert not torch.equal(xtr[0], xtr[1])
+    assert len({row.numpy().tobytes() for row in torch.cat([xtr, xte]).flatten(1)}) == 1797 * 5
+
+
+def test_digits_hard_is_fixed_and_independent_of_the_job_seed(hard):
+    torch.manual_seed(999)
+    again = digits_hard_arrays()
+    for a, b in zip(hard, again, strict=True):
+        assert torch.equal(a, b)
+
+
+def test_digits_hard_copies_resemble_their_own_original_most(hard):
+    """A transformed copy is still its digit: its nearest original (at 16 px, by correlation) is
+    mostly its own source, never a test original for a train copy (they are different sets)."""
+    import torch.nn.functional as F
+
+    xtr, _, _, _ = hard
+    originals = F.interpolate(digits_arrays()[0], size=(16, 16), mode="bilinear", align_corners=False)
+    copies = xtr[: 5 * 40].flatten(1)
+    own = torch.arange(40).repeat_interleave(5)
+    norm = F.normalize
+    sims = norm(copies - copies.mean(1, keepdim=True), dim=1) @ norm(
+        originals.flatten(1) - originals.flatten(1).mean(1, keepdim=True), dim=1).T
+    top = sims.topk(10, dim=1).indices
+    assert (top == own.unsqueeze(1)).any(dim=1).float().mean() > 0.5
+
+
+def test_digits_hard_holdout_keeps_the_copies_of_an_original_together(hard):
+    xtr, ytr, _, _ = hard
+    hx, hy, vx, vy = digits_hard_arrays(holdout=True)
+    keep, out = holdout_split(1437)
+    assert (len(keep), len(out)) == (1150, 287)
+    assert hx.shape[0] == 1150 * 5 and vx.shape[0] == 287 * 5
+    rows = (out.unsqueeze(1) * 5 + torch.arange(5)).reshape(-1)
+    assert torch.equal(vx, xtr[rows]) and torch.equal(vy, ytr[rows])
+    rows = (keep.unsqueeze(1) * 5 + torch.arange(5)).reshape(-1)
+    assert torch.equal(hx, xtr[rows]) and torch.equal(hy, ytr[rows])
+
+
+def test_digits_hard_builds_normalised_batches():
+    train, val, info = build_data(DatasetSpec(name="digits_hard", image_size=32), batch_size=64)
+    assert (info.num_classes, info.train_size, info.val_size) == (10, 7185, 1800)
+    assert info.class_names == [str(i) for i in range(10)]
+    xs = torch.cat([b[0] for b in val.batches()])
+    assert xs.shape == (1800, 3, 32, 32)
+    assert abs(float(xs.mean())) < 0.15 and abs(float(xs.std()) - 1.0) < 0.15
+
+
+# --------------------------------------------------------------------------- synthetic noise
+def test_synthetic_noise_field():
+    plain = synthetic_arrays(4, 60, 20, 16)
+    explicit = synthetic_arrays(4, 60, 20, 16, noise=0.2)
+    for a, b in zip(plain, explicit, strict=True):
+        assert torch.equal(a, b)
+
+    def spread(noise: float) -> float:
+        x, y, _, _ = synthetic_arrays(4, 400, 4, 16, noise=noise)
+        means = torch.stack([x[y == c].mean(0) for c in range(4)])
+        return float((x - means[y]).std())
+
+    assert spread(0.0) < spread(0.2) < spread(0.6)
+    _, _, info = build_data(DatasetSpec(name="synthetic", image_size=16, num_classes=20, noise=0.6, train_size=40,
+                                        val_size=20), batch_size=8)
+    assert info.num_classes == 20
+    # the training split does not depend on the validation size
+    assert torch.equal(synthetic_arrays(4, 60, 5, 16)[0], synthetic_arrays(4, 60, 50, 16)[0])
+
+
+# --------------------------------------------------------------------------- eval_split: holdout
+def test_holdout_split_is_fixed_disjoint_and_covers_the_training_set():
+    torch.manual_seed(1)
+    keep, out = holdout_split(1000)
+    torch.manual_seed(2)
+    keep2, out2 = holdout_split(1000)
+    assert torch.equal(keep, keep2) and torch.equal(out, out2)
+    assert len(out) == 200 and len(keep) == 800
+    assert sorted(torch.cat([keep, out]).tolist()) == list(range(1000))
+    assert holdout_split(2)[1].tolist() != [] and len(holdout_split(2)[0]) == 1
+    with pytest.raises(ValueError, match="at least 2"):
+        holdout_split(1)
+
+
+@pytest.mark.parametrize("dataset", [{"name": "digits"}, {"name": "synthetic", "train_size": 100, "val_size": 30}])
+def test_holdout_trains_on_80_and_evaluates_on_20_percent_of_the_training_set(dataset):
+    test_train, test_val, test_info = build_data(DatasetSpec(**dataset, image_size=16), batch_size=8)
+    train, val, info = build_data(DatasetSpec(**dataset, image_size=16, eval_split="holdout"), batch_size=8)
+    n = test_info.train_size
+    keep, out = holdout_split(n)
+    assert (info.train_size, info.val_size) == (len(keep), len(out))
+    assert torch.equal(train.images, test_train.images[keep]) and torch.equal(val.images, test_train.images[out])
+    assert torch.equal(val.labels, test_train.labels[out])
+    # nothing of the test split is used
+    test_rows = {row.numpy().tobytes() for row in test_val.images.flatten(1)}
+    assert not test_rows & {row.numpy().tobytes() for row in torch.cat([train.images, val.images]).flatten(1)}
+
+
+def test_holdout_on_a_file_dataset(tmp_path):
+    from PIL import Image
+
+    for split, count in (("train", 10), ("val", 3)):
+        for cls in ("a", "b"):
+            (tmp_path / split / cls).mkdir(parents=True)
+            for i in range(count):
+                Image.new("RGB", (8, 8), (i * 20, 0, 0)).save(tmp_path / split / cls / f"{i}.png")
+    spec = DatasetSpec(name="imagefolder", root=str(tmp_path), image_size=8, eval_split="holdout")
+    train, val, info = build_data(spec, batch_size=4)
+    assert (info.train_size, info.val_size) == (16, 4)
+    assert sum(len(y) for _, y in val.batches()) == 4

@@ -358,20 +358,24 @@ def test_ol_single_sub_logit_is_zero_and_zero_vectors_are_safe():
 
 # --------------------------------------------------------------------------- HCD
 def py_hcd(student, teacher, stages, target, *, temperature=1.0, fusion="sum", ol_threshold=0.5,
-           ol_input="fused", mask_target=True, stage_reduce="sum", label_smoothing=0.0):
+           ol_input="fused", mask_target=True, stage_reduce="sum", label_smoothing=0.0, sdd_ce_input="fused",
+           fusion_student=1.0, fusion_teacher=1.0, sdd_temperature=None):
+    sdd_t = temperature if sdd_temperature is None else sdd_temperature
     sdd_ce, sdd_kl, ol = [], [], []
     for raw in stages:  # raw: [sample][i][class]
         fused = [
-            [[(a + b) / (2 if fusion == "mean" else 1) for a, b in zip(sub, teacher[s], strict=True)]
+            [[(fusion_student * a + fusion_teacher * b) / (2 if fusion == "mean" else 1)
+              for a, b in zip(sub, teacher[s], strict=True)]
              for sub in raw[s]]
             for s in range(len(raw))
         ]
+        ce_rows = fused if sdd_ce_input == "fused" else raw
         n = len(raw[0])
         sdd_ce.append(
-            sum(py_ce([fused[s][i] for s in range(len(fused))], target, label_smoothing) for i in range(n)) / n
+            sum(py_ce([ce_rows[s][i] for s in range(len(fused))], target, label_smoothing) for i in range(n)) / n
         )
         sdd_kl.append(
-            sum(py_kl_t([fused[s][i] for s in range(len(fused))], student, temperature) for i in range(n)) / n
+            sum(py_kl_t([fused[s][i] for s in range(len(fused))], student, sdd_t) for i in range(n)) / n
         )
         ol.append(py_ol(fused if ol_input == "fused" else raw, target, ol_threshold, mask_target))
     reduce = sum if stage_reduce == "sum" else (lambda v: sum(v) / len(v))
@@ -412,6 +416,13 @@ SWITCH_CASES = [
     {"stage_reduce": "mean"},
     {"label_smoothing": 0.1},
     {"temperature": 4.0, "fusion": "mean", "ol_input": "raw", "ol_threshold": -0.2},
+    {"sdd_ce_input": "raw"},
+    {"sdd_ce_input": "raw", "label_smoothing": 0.1, "stage_reduce": "mean"},
+    {"fusion_student": 2.0, "fusion_teacher": 0.5},
+    {"fusion_student": 0.5, "fusion_teacher": 3.0, "fusion": "mean"},
+    {"fusion_teacher": 0.0, "ol_threshold": -1.0},
+    {"temperature": 4.0, "sdd_temperature": 1.0},
+    {"temperature": 1.0, "sdd_temperature": 2.0, "fusion": "mean"},
 ]
 
 
@@ -438,6 +449,83 @@ def test_hcd_switches_change_the_values():
     assert abs(base["ol"] - raw["ol"]) > 1e-3 and base["sdd_ce"] == raw["sdd_ce"]
     assert abs(base["ol"] - unmasked["ol"]) > 1e-3
     assert abs(base["ce"] - smooth["ce"]) > 1e-3 and base["kd"] == smooth["kd"]
+
+
+# --------------------------------------------------------------------------- HCD: the ablation switches
+def _one_row(raw, teacher, student=(0.0, 0.0, 0.0)):
+    """B = 1, n = 1, one stage: the (student, teacher, [stage]) tensors."""
+    return as_t([list(student)]), as_t([list(teacher)]), [as_t([[list(raw)]])]
+
+
+def test_hcd_sdd_ce_input_raw_closed_form():
+    # S = [0, ln2, ln3]: softmax [1, 2, 3] / 6, target 2 -> CE(S) = -ln(1/2) = ln 2, whatever z_t is.
+    # Fused with z_t = [5, 0, 0]: Z = [5, ln2, ln3] -> CE(Z) = ln((e^5 + 2 + 3) / 3).
+    s, t, subs = _one_row([0.0, LN2, LN3], [5.0, 0.0, 0.0])
+    raw = hcd_loss_terms(s, t, subs, labels([2]), sdd_ce_input="raw")
+    fused = hcd_loss_terms(s, t, subs, labels([2]), sdd_ce_input="fused")
+    assert raw["sdd_ce"].item() == pytest.approx(LN2, **TOL)
+    assert fused["sdd_ce"].item() == pytest.approx(math.log((math.exp(5.0) + 5.0) / 3.0), **TOL)
+    # only sdd_ce reads the switch
+    for key in ("ce", "kd", "sdd_kl", "ol"):
+        assert raw[key].item() == fused[key].item(), key
+
+
+def test_hcd_sdd_ce_input_raw_gives_sub_logits_the_whole_ce_gradient():
+    # d CE(S) / d S = softmax(S) - onehot: here [1/6, 1/3, -1/2], independent of the teacher.
+    s, t, subs = _one_row([0.0, LN2, LN3], [5.0, 0.0, 0.0])
+    subs[0].requires_grad_(True)
+    terms = hcd_loss_terms(s, t, subs, labels([2]), sdd_ce_input="raw")
+    (grad,) = torch.autograd.grad(terms["sdd_ce"], subs)
+    assert grad[0, 0].tolist() == pytest.approx([1 / 6, 1 / 3, -1 / 2], **TOL)
+
+
+def test_hcd_fusion_weights_closed_form():
+    # a = 2, b = 1/2: Z = 2 * [0, ln2/2, 0] + [0, 0, 2 ln3] / 2 = [0, ln2, ln3] -> CE at target 0 = ln 6.
+    s, t, subs = _one_row([0.0, LN2 / 2, 0.0], [0.0, 0.0, 2 * LN3])
+    summed = hcd_loss_terms(s, t, subs, labels([0]), fusion_student=2.0, fusion_teacher=0.5)
+    assert summed["sdd_ce"].item() == pytest.approx(math.log(6.0), **TOL)
+    # student uniform: sdd_kl = sum_i p_i ln(p_i / (1/3)) with p = [1, 2, 3] / 6
+    assert summed["sdd_kl"].item() == pytest.approx(sum(i / 6 * math.log(i / 2) for i in (1, 2, 3)), **TOL)
+    # "mean" halves after weighting: Z = [0, ln2 / 2, ln3 / 2] -> p ∝ [1, √2, √3]
+    mean = hcd_loss_terms(s, t, subs, labels([0]), fusion="mean", fusion_student=2.0, fusion_teacher=0.5)
+    assert mean["sdd_ce"].item() == pytest.approx(math.log(1 + math.sqrt(2) + math.sqrt(3)), **TOL)
+    # the defaults are the spec's S + z_t: [0, ln2/2, 2 ln3] -> CE = ln(1 + √2 + 9)
+    plain = hcd_loss_terms(s, t, subs, labels([0]))
+    assert plain["sdd_ce"].item() == pytest.approx(math.log(10 + math.sqrt(2)), **TOL)
+
+
+def test_hcd_fusion_without_the_teacher_is_the_raw_sub_logits():
+    student, teacher, subs, target = hcd_case()
+    no_teacher = run_hcd(student, teacher, subs, target, fusion_teacher=0.0, ol_threshold=-1.0)[3]
+    raw_ce = run_hcd(student, teacher, subs, target, sdd_ce_input="raw", ol_input="raw", ol_threshold=-1.0)[3]
+    assert no_teacher["sdd_ce"].item() == pytest.approx(raw_ce["sdd_ce"].item(), **TOL)
+    assert no_teacher["ol"].item() == pytest.approx(raw_ce["ol"].item(), **TOL)
+    # and sdd_kl then distils S alone into the student
+    expected = sum(py_kl_t([row[i] for row in subs[k]], student, 1.0) for k in range(2) for i in range(2)) / 2
+    assert no_teacher["sdd_kl"].item() == pytest.approx(expected, **TOL)
+
+
+def test_hcd_sdd_temperature_closed_form():
+    # z_t = 0 and S = [0, 4 ln2, 4 ln3]; student uniform, so kd = 0 at every temperature.
+    s, t, subs = _one_row([0.0, 4 * LN2, 4 * LN3], [0.0, 0.0, 0.0])
+    # At T' = 4: p = [1, 2, 3] / 6 -> sdd_kl = 16 * sum_i p_i ln(3 p_i)
+    at4 = hcd_loss_terms(s, t, subs, labels([0]), temperature=4.0)
+    assert at4["sdd_kl"].item() == pytest.approx(16 * sum(i / 6 * math.log(i / 2) for i in (1, 2, 3)), **TOL)
+    # At T' = 1 (kd keeps T = 4): p = [1, 16, 81] / 98 -> sdd_kl = sum_i p_i ln(3 p_i), no T^2 factor
+    at1 = hcd_loss_terms(s, t, subs, labels([0]), temperature=4.0, sdd_temperature=1.0)
+    assert at1["sdd_kl"].item() == pytest.approx(sum(w / 98 * math.log(3 * w / 98) for w in (1, 16, 81)), **TOL)
+    assert at1["kd"].item() == pytest.approx(0.0, abs=1e-12) and at4["kd"].item() == pytest.approx(0.0, abs=1e-12)
+
+
+def test_hcd_sdd_temperature_leaves_kd_at_its_own_temperature():
+    student, teacher, subs, target = hcd_case()
+    split = run_hcd(student, teacher, subs, target, temperature=4.0, sdd_temperature=1.0)[3]
+    assert split["kd"].item() == pytest.approx(py_kl_t(teacher, student, 4.0), **TOL)
+    same = run_hcd(student, teacher, subs, target, temperature=1.0)[3]
+    assert split["sdd_kl"].item() == pytest.approx(same["sdd_kl"].item(), **TOL)
+    explicit = run_hcd(student, teacher, subs, target, temperature=4.0, sdd_temperature=4.0)[3]
+    default = run_hcd(student, teacher, subs, target, temperature=4.0)[3]
+    assert all(explicit[k].item() == default[k].item() for k in explicit)
 
 
 def test_hcd_stage_sum_is_k_times_mean_for_identical_stages():
@@ -505,6 +593,9 @@ def _hcd_inputs():
         ({"stage_reduce": "max"}, "stage_reduce"),
         ({"temperature": 0.0}, "temperature"),
         ({"label_smoothing": 1.0}, "label_smoothing"),
+        ({"sdd_ce_input": "teacher"}, "sdd_ce_input"),
+        ({"sdd_temperature": 0.0}, "temperature"),
+        ({"fusion_teacher": float("nan")}, "fusion_teacher"),
     ],
 )
 def test_hcd_rejects_bad_switches(override, message):

@@ -261,3 +261,40 @@ def test_hcd_extras_only_in_state_dict(tiny_pair):
     student_ids = {id(p) for p in student.parameters()} | {id(p) for p in teacher.parameters()}
     assert not any(id(p) in student_ids for p in method.parameters())
     assert count_parameters(method) == sum(p.numel() for p in method.parameters()) > 0
+
+
+def test_hcd_cfm_without_the_teacher_feature(tiny_pair):
+    teacher, student = tiny_pair  # D = 96, d_t = 64
+    for cfm, first in (("linear", (4, 96, 4 * NUM_CLASSES)), ("mlp", (4, 96, 64))):
+        method = build_method(HcdConfig(cfm=cfm, cfm_teacher_feature=False), student, teacher, NUM_CLASSES)
+        assert method.cfm[0].weight.shape == first
+    method = build_method(HcdConfig(cfm_teacher_feature=False), student, teacher, NUM_CLASSES)
+    x, y = _data()
+    s_out = student(x, with_features=True)
+    t_out = teacher(x)
+    seen = []
+    handle = method.cfm.register_forward_hook(lambda _m, _i, out: seen.append(out.detach()))
+    try:
+        method(s_out, t_out, y)
+        # another teacher feature: the CFM's output (the sub-logits) does not change
+        method(s_out, type(t_out)(logits=t_out.logits, pre_logits=t_out.pre_logits + 1.0), y)
+    finally:
+        handle.remove()
+    torch.testing.assert_close(seen[0], seen[1], rtol=0, atol=0)
+
+
+def test_hcd_ablation_switches_reach_the_losses(tiny_pair, monkeypatch):
+    teacher, student = tiny_pair
+    seen = {}
+    original = losses.hcd_loss_terms_stacked
+
+    def spy(*args, **kwargs):
+        seen.update(kwargs)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(losses, "hcd_loss_terms_stacked", spy)
+    switches = dict(sdd_ce_input="raw", fusion_student=0.5, fusion_teacher=2.0, sdd_temperature=3.0)
+    method = build_method(HcdConfig(temperature=4.0, **switches), student, teacher, NUM_CLASSES)
+    out = _run(method, student, teacher)
+    assert {k: seen[k] for k in switches} == switches and seen["temperature"] == 4.0
+    assert torch.isfinite(out["loss"])

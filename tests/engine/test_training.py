@@ -231,3 +231,116 @@ def test_progress_at_start_after_each_step_and_at_completion(tmp_path, teacher_f
     assert seen[0] == Progress(epoch=0, epochs=EPOCHS, step=3, total_steps=total)  # resumed mid-epoch
     assert [(p.epoch, p.step) for p in seen[1:-1]] == [(s // STEPS_PER_EPOCH, s + 1) for s in range(3, total)]
     assert seen[-1] == Progress(epoch=EPOCHS, epochs=EPOCHS, step=total, total_steps=total)
+
+
+# --------------------------------------------------------------------------- weight decay groups
+def test_weight_decay_groups_on_a_vit_student_with_hcd(teacher_file):
+    from hcd_core.features import build_student
+    from hcd_core.method_configs import HcdConfig
+    from hcd_core.methods import build_method
+    from hcd_core.teacher import build_teacher
+    from hcd_core.training import build_optimizer, trainable_parameters, weight_decay_groups
+
+    teacher = build_teacher("test_resnet", 5, input_size=16, input_norm=((0.5,) * 3, (0.5,) * 3),
+                            weights_path=teacher_file)
+    student = build_student("test_vit", 5, 16, num_stages=2)
+    method = build_method(HcdConfig(num_stages=2, cfm="mlp"), student, teacher, 5)
+    groups = weight_decay_groups(student, method)
+    no_decay, decay = set(groups.no_decay_names), set(groups.decay_names)
+    # timm's no_weight_decay() names, every bias (the CFMs' (K, out) ones too) and the norms
+    assert {"0.model.pos_embed", "0.model.cls_token"} <= no_decay
+    assert {"1.cfm.0.bias", "1.cfm.2.bias"} <= no_decay
+    assert method.cfm[0].bias.ndim == 2
+    assert {"0.model.patch_embed.proj.bias", "0.model.blocks.0.attn.qkv.bias", "0.model.head.bias"} <= no_decay
+    assert {"0.model.blocks.0.norm1.weight", "0.model.blocks.0.norm1.bias", "0.model.norm.weight"} <= no_decay
+    assert any(n.startswith("1.projectors.") and n.endswith(".weight") for n in no_decay)  # their BNs
+    # conv and linear weights are decayed
+    assert {"0.model.patch_embed.proj.weight", "0.model.blocks.0.attn.qkv.weight", "0.model.head.weight",
+            "1.cfm.0.weight", "1.cfm.2.weight"} <= decay
+    convs = [n for n, m in method.named_modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs and all(f"1.{n}.weight" in decay for n in convs)
+    # every trainable parameter in exactly one group, the teacher in none
+    ids = [id(p) for p in groups.decay + groups.no_decay]
+    assert len(ids) == len(set(ids))
+    assert set(ids) == {id(p) for p in trainable_parameters(student, method)}
+    assert not {id(p) for p in teacher.parameters()} & set(ids)
+
+    spec = _spec(teacher_file).resolved()
+    optimizer = build_optimizer([student, method], spec.training)
+    decayed, plain = optimizer.param_groups
+    assert decayed["weight_decay"] == spec.training.weight_decay and plain["weight_decay"] == 0.0
+    assert [id(p) for p in plain["params"]] == [id(p) for p in groups.no_decay]
+
+
+# --------------------------------------------------------------------------- paired initialisation
+def _initial_student(spec, teacher_file):
+    from hcd_core.engine import build
+
+    job = build(spec, teacher_weights=teacher_file if spec.teacher is not None else None, teacher_card=None,
+                data_root=None, hooks=RunHooks(), emit=lambda points: None, save=lambda state: None)
+    return {k: v.clone() for k, v in job.student.state_dict().items()}
+
+
+def test_every_method_starts_from_the_same_student_for_a_seed(teacher_file):
+    def spec(method: dict, seed: int):
+        doc = _spec(teacher_file).model_dump(mode="json")
+        doc.update(method=method, seed=seed)
+        if method["name"] == "ce":
+            doc.pop("teacher")
+        return parse_spec(doc).resolved()
+
+    torch.manual_seed(123)  # whatever the caller's global RNG holds
+    ce = _initial_student(spec({"name": "ce"}, 3), teacher_file)
+    kd = _initial_student(spec({"name": "kd"}, 3), teacher_file)
+    torch.manual_seed(456)
+    hcd = _initial_student(spec({"name": "hcd", "num_stages": 1, "proj_dim": 16}, 3), teacher_file)
+    _assert_equal_states(ce, kd)
+    _assert_equal_states(ce, hcd)
+    other = _initial_student(spec({"name": "ce"}, 4), teacher_file)
+    assert ce.keys() == other.keys()
+    assert not torch.equal(ce["model.patch_embed.proj.weight"], other["model.patch_embed.proj.weight"])
+
+
+# --------------------------------------------------------------------------- gradient norm
+def test_grad_norm_is_the_pre_clip_global_norm_and_only_when_clipping(teacher_file):
+    import copy
+
+    from hcd_core.features import build_student
+    from hcd_core.method_configs import CeConfig
+    from hcd_core.methods import build_method
+    from hcd_core.training import Precision, StepRunner, build_optimizer, trainable_parameters
+
+    spec = _spec(teacher_file).resolved()
+    torch.manual_seed(0)
+    student = build_student("test_resnet", 5, 16)
+    x = torch.randn(8, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    y = torch.arange(8) % 5
+
+    # the reference: the same forward and backward on a copy, no step
+    ref = copy.deepcopy(student)
+    ref.train()
+    torch.nn.functional.cross_entropy(ref(x).logits, y).backward()
+    expected = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in ref.parameters()]))
+
+    def runner(clip: float | None) -> StepRunner:
+        s = copy.deepcopy(student)
+        method = build_method(CeConfig(), s, None, 5)
+        return StepRunner(student=s, teacher=None, method=method, optimizer=build_optimizer([s, method], spec.training),
+                          precision=Precision("cpu", None, False, False), params=trainable_parameters(s, method),
+                          grad_clip=clip)
+
+    clipped = runner(1e-3)
+    terms = clipped(x, y, epoch=0.0)
+    assert terms["grad_norm"].dim() == 0
+    torch.testing.assert_close(terms["grad_norm"], expected, rtol=1e-5, atol=0)
+    assert float(expected) > 1e-3  # it did clip: the update used the clipped gradient
+    assert "grad_norm" not in runner(None)(x, y, epoch=0.0)
+
+
+def test_grad_norm_is_a_step_metric_when_clipping(tmp_path, teacher_file):
+    points = []
+    run_job(_spec(teacher_file, epochs=1, grad_clip=2.0), output_dir=tmp_path / "o", checkpoint_dir=tmp_path / "c",
+            hooks=RunHooks(on_metrics=points.extend))
+    norms = [p for p in points if p.name == "grad_norm"]
+    assert [p.step for p in norms] == list(range(1, STEPS_PER_EPOCH + 1))
+    assert all(p.value > 0 for p in norms)

@@ -158,3 +158,22 @@ def test_admin_keys_create_and_migrate(service_settings, monkeypatch, capsys):
 
     with database(service_settings).sessionmaker() as session:
         assert owner_for_key(session, key) == "cli-admin"
+
+
+def test_sweep_submit_and_status(cli_env, tmp_path, capsys):
+    spec_file = tmp_path / "base.yaml"
+    spec_file.write_text(yaml.safe_dump(ce_spec()))
+    grid = ["--grid", "training.lr=0.05,0.1", "--seeds", "0,1"]
+    assert main(["sweep", "submit", str(spec_file), *grid, "--metadata", "study=lr"]) == 0
+    sweep_id = capsys.readouterr().out.strip()
+    uuid.UUID(sweep_id)
+    assert main(["sweep", "status", sweep_id, "--json"]) == 0
+    sweep = json.loads(capsys.readouterr().out)
+    assert sweep["runs"] == 4 and [c["values"] for c in sweep["cells"]] == [{"training.lr": 0.05},
+                                                                           {"training.lr": 0.1}]
+    assert main(["sweep", "status", sweep_id]) == 0
+    table = capsys.readouterr().out
+    assert "training.lr" in table and "0.05" in table and sweep["status"] in table
+    assert main(["sweep", "submit", str(spec_file), "--grid", "training.lr=0.1,-1", "--seeds", "0"]) == 1
+    err = capsys.readouterr().err
+    assert "cells.1.spec.training.lr" in err and "Traceback" not in err
