@@ -31,7 +31,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
     e = subparsers.add_parser("eval", help="evaluate an exported student (top-1/top-5 as JSON)")
     e.add_argument("weights", type=Path, help="student.safetensors (model_card.json next to it)")
-    e.add_argument("--dataset", required=True, choices=["cifar10", "cifar100", "imagefolder", "digits", "synthetic"])
+    from hcd_core.spec import DATASET_NAMES  # torch-free
+
+    e.add_argument("--dataset", required=True, choices=DATASET_NAMES)
     e.add_argument("--root", default=None, help="dataset root (cifar/imagefolder)")
     e.add_argument("--image-size", type=int, default=None, help="input size (default: the card's)")
     e.add_argument("--batch-size", type=int, default=256)

@@ -51,7 +51,7 @@ IMAGENET_NORM: Norm = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 # Computed once over the training split at 32 px (grey digits: the same value on every channel).
 DIGITS_NORM: Norm = ((0.3058, 0.3058, 0.3058), (0.3239, 0.3239, 0.3239))
 # Computed once over the training split at 32 px.
-DIGITS_HARD_NORM: Norm = ((0.2881, 0.2881, 0.2881), (0.2785, 0.2785, 0.2785))
+DIGITS_HARD_NORM: Norm = ((0.2918, 0.2918, 0.2918), (0.2858, 0.2858, 0.2858))
 # Computed once over the default synthetic training set (noise 0.2).
 SYNTHETIC_NORM: Norm = ((0.4796, 0.4751, 0.4875), (0.2923, 0.2845, 0.2896))
 
@@ -61,11 +61,13 @@ SYNTHETIC_SEED = 1234  # fixed: the synthetic task never depends on the job seed
 HOLDOUT_SEED = 5150  # fixed: the eval_split "holdout" split of a training set
 
 # digits_hard: the random affine transform of each copy (ranges of uniform draws) and the noise.
-DIGITS_HARD_ROTATION_DEG = 25.0  # rotation in [-25, 25] degrees
+# Chosen so that a small CNN trained with `ce` for 15 epochs lands near 87% (test_convnext, 32 px,
+# quick recipe; rotation 25 degrees, 2 px and noise 0.15 gave 68%, 15 degrees, 1 px and 0.05 gave 93%).
+DIGITS_HARD_ROTATION_DEG = 20.0  # rotation in [-20, 20] degrees
 DIGITS_HARD_SCALE = (0.85, 1.15)
-DIGITS_HARD_SHIFT_PX = 2.0  # translation in [-2, 2] pixels of the 8x8 original, each axis
-DIGITS_HARD_SHEAR_DEG = 10.0
-DIGITS_HARD_NOISE = 0.15  # std of the per-pixel Gaussian noise, on images in [0, 1]
+DIGITS_HARD_SHIFT_PX = 1.25  # translation in [-1.25, 1.25] pixels of the 8x8 original, each axis
+DIGITS_HARD_SHEAR_DEG = 8.0
+DIGITS_HARD_NOISE = 0.08  # std of the per-pixel Gaussian noise, on images in [0, 1]
 
 # A per-sample torchvision transform: a PIL image in, a normalised tensor out.
 Transform = Callable[[Any], Tensor]

@@ -12,14 +12,16 @@ CONTRACT (stable; the worker and the CLI are written against it):
         data_root=Path|None,       # base directory that relative dataset roots are resolved against
     )
 
-Metric points go to `hooks.on_metrics` after every step (per-step terms, lr, images_per_s) and after
-every evaluation (val_top1, val_top5, val_loss, train_loss, and at the end best_val_top1). A stop
-request saves a checkpoint and returns status "stopped". Errors callers classify are in
-`hcd_core.errors`; every failed write into output_dir/checkpoint_dir is an `OutputWriteError`.
+Metric points go to `hooks.on_metrics` after every step (per-step terms, lr, images_per_s, and
+grad_norm when clipping is on) and after every evaluation (val_top1, val_top5, val_loss, train_loss,
+and at the end best_val_top1). A stop request saves a checkpoint and returns status "stopped".
+Errors callers classify are in `hcd_core.errors`; every failed write into output_dir/checkpoint_dir
+is an `OutputWriteError`.
 
-A run is three steps: `build` (data, teacher, student, method, optimiser, trainer), `train` (resume
-from the checkpoint, run the trainer) and `export` (weights, model card; the metrics log is written
-as training goes).
+A run is three steps: `build` (data, student, teacher, method, optimiser, trainer), `train` (resume
+from the checkpoint, run the trainer) and `export` (the weights of the best validation epoch or the
+last, per `training.export`, and the model card that says which; the metrics log is written as
+training goes).
 """
 
 from __future__ import annotations

@@ -100,6 +100,9 @@ def build_model_card(
         "std": list(info.std),
         "class_names": info.class_names,
         "dataset": info.name,
+        "eval_split": spec.dataset.eval_split,  # what val_* metrics were measured on
+        "train_size": info.train_size,
+        "val_size": info.val_size,  # images in that evaluation set
         "method": spec.method.name,
         "final_metrics": dict(final_metrics),
         "best_metrics": dict(best_metrics),

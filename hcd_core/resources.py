@@ -86,9 +86,9 @@ def _dataset_parts(spec: JobSpec) -> tuple[MemoryPart, MemoryPart]:
         build = peak - held
         fields = ("dataset.train_size", "dataset.val_size", "dataset.image_size")
     elif d.name == "digits":
-        pixels = DIGITS_NUM_SAMPLES * DIGITS_BASE_SIZE**2
-        held = pixels * FLOAT32 + DIGITS_NUM_SAMPLES * INT64
-        build = pixels * FLOAT64  # sklearn's float64 array
+        samples = DIGITS_NUM_TRAIN if holdout else DIGITS_NUM_SAMPLES
+        held = samples * (DIGITS_BASE_SIZE**2 * FLOAT32 + INT64)
+        build = DIGITS_NUM_SAMPLES * DIGITS_BASE_SIZE**2 * FLOAT64  # sklearn's float64 array
     elif d.name == "digits_hard":
         per_sample = DIGITS_HARD_BASE_SIZE**2 * FLOAT32 + INT64
         train = DIGITS_NUM_TRAIN * DIGITS_HARD_COPIES * per_sample

@@ -133,9 +133,10 @@ class DecayGroups:
 
 def weight_decay_groups(*modules: nn.Module) -> DecayGroups:
     """No decay for every bias (any shape: StackedLinear's (K, out) too), every parameter of a
-    normalisation layer and every parameter a submodule's `no_weight_decay()` names (or a module
-    it names); decay for the rest. Parameters that do not require grad are left out; a parameter
-    reached from several modules counts once (names are those of the first module, prefixed `i.`).
+    normalisation layer, every 1-D parameter (timm's convention: layer scales such as ConvNeXt's
+    `gamma` too) and every parameter a submodule's `no_weight_decay()` names (or a module it names);
+    decay for the rest. Parameters that do not require grad are left out; a parameter reached from
+    several modules counts once (names are those of the first module, prefixed `i.`).
     """
     seen: set[int] = set()
     groups = DecayGroups([], [], [], [])
@@ -148,6 +149,7 @@ def weight_decay_groups(*modules: nn.Module) -> DecayGroups:
             seen.add(id(param))
             no_decay = (
                 name.rsplit(".", 1)[-1] == "bias"
+                or param.ndim <= 1
                 or id(param) in norm_params
                 or any(name == n or name.startswith(n + ".") for n in skip)
             )

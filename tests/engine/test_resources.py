@@ -102,3 +102,45 @@ def test_synthetic_build_estimate_is_a_calibrated_lower_bound():
     parts = _parts(_spec({"name": "synthetic", "image_size": 32, "train_size": size}))
     estimated = parts["dataset"] + parts["dataset_build"]
     assert 0.9 * estimated <= measured <= 1.3 * estimated
+
+
+@pytest.mark.parametrize("dataset", [
+    {"name": "digits_hard"},
+    {"name": "digits_hard", "eval_split": "holdout"},
+    {"name": "synthetic", "image_size": 16, "train_size": 300, "val_size": 50, "eval_split": "holdout"},
+    {"name": "digits", "eval_split": "holdout"},
+])
+def test_tensor_dataset_parts_match_what_build_data_holds(dataset):
+    from hcd_core.data import build_data
+
+    spec = _spec(dataset, batch_size=32).resolved()
+    train, val, _ = build_data(spec.dataset, batch_size=32)
+    held = sum(t.nbytes for t in (train.images, train.labels, val.images, val.labels))
+    assert _parts(spec)["dataset"] == held
+
+
+_MEASURE_HARD = """
+import re, sys
+import torch, torch.nn.functional as F
+from hcd_core.data import digits_arrays, digits_hard_arrays
+
+def peak_rss():
+    with open("/proc/self/status") as status:
+        return int(re.search(r"VmHWM:\\s+(\\d+) kB", status.read()).group(1)) * 1024
+
+digits_arrays()  # warm up sklearn, the allocator and the kernels
+F.grid_sample(torch.zeros(2, 1, 16, 16), F.affine_grid(torch.zeros(2, 2, 3), [2, 1, 16, 16], align_corners=False),
+              align_corners=False)
+before = peak_rss()
+digits_hard_arrays()
+print(peak_rss() - before)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="needs Linux's /proc/self/status")
+def test_digits_hard_build_estimate_is_a_calibrated_lower_bound():
+    out = subprocess.run([sys.executable, "-c", _MEASURE_HARD], check=True, capture_output=True, text=True)
+    measured = int(out.stdout.split()[-1])
+    parts = _parts(_spec({"name": "digits_hard"}))
+    estimated = parts["dataset"] + parts["dataset_build"]
+    assert 0.9 * estimated <= measured <= 1.4 * estimated

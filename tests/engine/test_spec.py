@@ -83,6 +83,33 @@ def test_dataset_rules():
     assert "synthetic dataset only" in _error_text(_base(dataset={"name": "digits", "num_classes": 5}))
 
 
+def test_new_dataset_fields():
+    assert "synthetic dataset only" in _error_text(_base(dataset={"name": "digits_hard", "noise": 0.5}))
+    assert "dataset.eval_split" in _locs(_base(dataset={"name": "digits", "eval_split": "val"}))
+    assert "dataset.noise" in _locs(_base(dataset={"name": "synthetic", "noise": -0.1}))
+    spec = parse_spec(_base(dataset={"name": "synthetic", "noise": 0.6, "num_classes": 20}))
+    assert spec.dataset.noise == 0.6 and spec.dataset.eval_split == "test"
+    for name in ("digits", "digits_hard", "synthetic", "cifar10"):
+        extra = {"root": "r"} if name == "cifar10" else {}
+        spec = parse_spec(_base(dataset={"name": name, "eval_split": "holdout", **extra}))
+        assert spec.dataset.eval_split == "holdout"
+
+
+def test_export_field():
+    assert parse_spec(_base()).resolved().training.export == "best"
+    assert parse_spec(_base(training={"export": "last"})).resolved().training.export == "last"
+    assert "training.export" in _locs(_base(training={"export": "first"}))
+
+
+def test_hcd_ablation_switch_defaults_are_todays_behaviour():
+    teacher = {"arch": "test_vit", "weights": {"source": "timm"}}
+    m = parse_spec(_base(method={"name": "hcd"}, teacher=teacher)).method
+    assert (m.sdd_ce_input, m.fusion_student, m.fusion_teacher, m.sdd_temperature, m.cfm_teacher_feature) == (
+        "fused", 1.0, 1.0, None, True)
+    assert "method.hcd.fusion_teacher" in _locs(_base(method={"name": "hcd", "fusion_teacher": -1}, teacher=teacher))
+    assert "method.hcd.sdd_temperature" in _locs(_base(method={"name": "hcd", "sdd_temperature": 0}, teacher=teacher))
+
+
 def test_recipe_fills_every_training_field():
     spec = parse_spec(_base()).resolved()
     for key, value in RECIPES["quick"].items():
@@ -167,6 +194,7 @@ def test_every_number_in_the_spec_is_bounded():
     ({"name": "cifar10", "root": "c"}, 10),
     ({"name": "cifar100", "root": "c"}, 100),
     ({"name": "digits"}, 10),
+    ({"name": "digits_hard"}, 10),
     ({"name": "synthetic"}, 10),
     ({"name": "synthetic", "num_classes": 7}, 7),
     ({"name": "imagefolder", "root": "i"}, None),
@@ -178,7 +206,7 @@ def test_known_num_classes(dataset, expected):
 def test_known_num_classes_agree_with_the_built_data():
     from hcd_core.data import build_data
 
-    for dataset in ({"name": "synthetic", "train_size": 8, "val_size": 4},
+    for dataset in ({"name": "digits_hard"}, {"name": "synthetic", "train_size": 8, "val_size": 4},
                     {"name": "synthetic", "num_classes": 3, "train_size": 8, "val_size": 4}):
         spec = DatasetSpec(**dataset)
         assert build_data(spec, batch_size=4)[2].num_classes == spec.known_num_classes()
