@@ -5,20 +5,21 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 import anyio
 import redis
 import redis.asyncio as aioredis
 from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
-from fastapi.openapi.utils import get_openapi
 
 from api.auth import KeyCache
 from api.bodies import BodySizeLimit
+from api.docs import install_docs
+from api.openapi import install_openapi
 from api.problems import install_problem_handlers
+from api.prometheus import install_metrics, process_exiting
 from api.routes import health, jobs, models, sweeps
-from api.schemas import SubmitJobRequest, SubmitSweepRequest
+from api.routes.dashboard import router as dashboard_router
 from jobs.db import database
 from jobs.keys import ensure_bootstrap_key
 from jobs.repository import JobRepository
@@ -79,6 +80,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if clients.async_client is not None:  # bound to this loop: a new one per lifespan
             await clients.async_client.aclose()
             clients.async_client = None
+        process_exiting()
 
     app = FastAPI(
         title="HCD distillation service",
@@ -87,9 +89,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             "Submit knowledge-distillation jobs (Heterogeneous Complementary Distillation and baselines), "
             "follow their status and metrics, download the student. Authenticate with "
             "`Authorization: Bearer <API key>`. Errors are RFC 9457 `application/problem+json` "
-            "with a stable `code`; `503 database_unavailable` (with `Retry-After`) while Postgres is down."
+            "with a stable `code`; `503 database_unavailable` (with `Retry-After`) while Postgres is down. "
+            "`/healthz`, `/readyz` and `/metrics` (Prometheus) need no key."
         ),
         lifespan=lifespan,
+        docs_url=None,  # served by api.docs from the package's own Swagger UI assets (works offline)
+        redoc_url=None,
     )
     status_stream = StatusStream(settings)
     db = database(settings)
@@ -106,26 +111,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_problem_handlers(app)
     app.add_middleware(BodySizeLimit, default=settings.max_request_bytes,
                        by_prefix={"/models": settings.max_upload_bytes + UPLOAD_FORM_OVERHEAD})
+    install_metrics(app)  # outermost middleware: also counts what BodySizeLimit refuses
+    install_docs(app)
     app.include_router(health.router)
     app.include_router(jobs.router)
     app.include_router(models.router)
     app.include_router(sweeps.router)
-    app.add_api_route("/", lambda: {"service": "hcd", "docs": "/docs"}, include_in_schema=False)
+    app.include_router(dashboard_router)  # `/` (the web dashboard) and `/static/...`
 
-    def openapi() -> dict[str, Any]:
-        if app.openapi_schema is None:
-            schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
-            components = schema.setdefault("components", {}).setdefault("schemas", {})
-            for model in (SubmitJobRequest, SubmitSweepRequest):
-                body = model.model_json_schema(ref_template="#/components/schemas/{model}")
-                components.update(body.pop("$defs", {}))
-                components[model.__name__] = body
-            schema["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
-            schema["security"] = [{"bearer": []}]
-            app.openapi_schema = schema
-        return app.openapi_schema
-
-    app.openapi = openapi  # type: ignore[method-assign]
+    install_openapi(app)
     return app
 
 

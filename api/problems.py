@@ -20,7 +20,7 @@ from jobs.db import database_unavailable
 from jobs.errors import DomainError, InUse, InvalidInput, InvalidState, LimitExceeded, NotFound
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
-_log = logging.getLogger(__name__)
+_log = logging.getLogger("hcd.api.problems")
 
 _TITLES = {
     400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
@@ -34,6 +34,10 @@ _DEFAULT_CODES = {
     415: "unsupported_media_type", 416: "range_not_satisfiable", 422: "validation_error",
     429: "too_many_requests", 500: "internal_error", 503: "unavailable",
 }
+
+
+def problem_title(status: int) -> str:
+    return _TITLES.get(status, "Error")
 
 
 class DatabaseUnavailable(Exception):

@@ -162,3 +162,22 @@ class SweepOut(BaseModel):
 
 class SweepList(Page):
     data: list[SweepOut]
+
+
+class ProblemFieldError(BaseModel):
+    loc: str = Field(description='The field at fault, dotted: "spec.method.temperature", "query.after".')
+    msg: str
+    type: str | None = Field(None, description="A machine code of the error kind, when known.")
+
+
+class Problem(BaseModel):
+    """An RFC 9457 problem document (`application/problem+json`): every error the API returns."""
+
+    model_config = ConfigDict(extra="allow", json_schema_extra={"additionalProperties": True})
+    type: str = Field(description="A URI naming the problem kind (one per `code`).")
+    title: str = Field(description="The HTTP status' title.")
+    status: int = Field(description="The HTTP status code.")
+    code: str = Field(description="Stable machine code: `not_found`, `invalid_spec`, `database_unavailable`, ...")
+    detail: str = Field(description="What went wrong, for a human.")
+    instance: str | None = Field(None, description="The request path.")
+    errors: list[ProblemFieldError] | None = Field(None, description="The fields at fault (validation problems).")

@@ -27,6 +27,8 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     up.add_argument("--port", type=int, default=None, help="API port (default HCD_PORT or 8000)")
     up.add_argument("--data-dir", default=None, help="data directory (default HCD_DATA_DIR or ./hcd-data)")
     up.add_argument("--device", default=None, help="the worker's device: auto, cpu, cuda, cuda:N")
+    up.add_argument("--verbose", "-v", action="store_true",
+                    help="show the API's and the worker's output here (default: DATA_DIR/logs/api.log, worker.log)")
     up.set_defaults(func=cmd_up)
 
     api = sub.add_parser("api", help="serve the REST API (uvicorn)")
@@ -45,6 +47,9 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     worker.add_argument("--hostname", default=None, help="Celery node name (default hcd-<pid>@<host>)")
     worker.add_argument("--no-sweep", action="store_true",
                         help="run no outbox relay and lease sweep here (another worker must)")
+    worker.add_argument("--metrics-port", type=int, default=None,
+                        help="serve this worker's Prometheus metrics on this port (default HCD_WORKER_METRICS_PORT; "
+                             "0: off); bind address HCD_WORKER_METRICS_HOST (127.0.0.1)")
     worker.add_argument("--log-level", default="info")
     worker.set_defaults(func=cmd_worker)
 
@@ -73,11 +78,20 @@ def _require_urls(settings: Settings) -> None:
 def cmd_api(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from api.metrics_env import prepare_multiprocess_dir, remove_multiprocess_dir
+    from jobs.logs import logging_config
+
     settings = load_settings()
     _require_urls(settings)
-    uvicorn.run("api.app:create_app", factory=True, host=args.host or settings.host,
-                port=args.port or settings.port, workers=args.workers or settings.api_workers, log_level=args.log_level,
-                timeout_graceful_shutdown=5)
+    port = args.port or settings.port
+    # Before anything imports prometheus_client: the uvicorn processes add up their metrics there.
+    metrics_dir = prepare_multiprocess_dir(port)
+    try:
+        uvicorn.run("api.app:create_app", factory=True, host=args.host or settings.host, port=port,
+                    workers=args.workers or settings.api_workers, log_level=args.log_level,
+                    log_config=logging_config(args.log_level, settings.log_format), timeout_graceful_shutdown=5)
+    finally:
+        remove_multiprocess_dir(metrics_dir)
     return 0
 
 
@@ -89,26 +103,38 @@ def _apply_device(device: str) -> None:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    import logging
-
     if args.device:
         _apply_device(args.device)
     if args.queue:
         os.environ["HCD_QUEUE_NAME"] = args.queue
+    # The worker's metrics live in this process only (the API's multiprocess folder is not for it).
+    os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
     settings = load_settings()
     _require_urls(settings)
+    from jobs.logs import configure_logging
     from worker.celery_app import make_worker_app
     from worker.housekeeping import HousekeepingThread
+    from worker.prometheus import serve_metrics
+    from worker.tasks import worker_identity
 
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(args.log_level.upper(), settings.log_format)
+    metrics_port = settings.worker_metrics_port if args.metrics_port is None else args.metrics_port
+    if metrics_port:
+        try:
+            serve_metrics(settings.worker_metrics_host, metrics_port, worker_id=worker_identity(),
+                          device=settings.worker_device, queue=settings.queue_name)
+        except OSError as err:
+            raise SystemExit(f"hcd worker: cannot serve metrics on {settings.worker_metrics_host}:{metrics_port}: "
+                             f"{err}") from None
     app = make_worker_app(settings)
     if not args.no_sweep:
         HousekeepingThread(settings).start()
     hostname = args.hostname or f"hcd-{os.getpid()}@{socket.gethostname()}"
     # solo pool: the task runs in this process (which never touches CUDA) and spawns one child per
-    # job; concurrency 1 and prefetch 1 keep a busy worker from hoarding messages.
+    # job; concurrency 1 and prefetch 1 keep a busy worker from hoarding messages. JSON logs: no banner.
+    quiet = ["--quiet"] if settings.log_format == "json" else []
     app.worker_main([
-        "worker", "--pool=solo", "--concurrency=1", "--prefetch-multiplier=1",
+        *quiet, "worker", "--pool=solo", "--concurrency=1", "--prefetch-multiplier=1",
         "--queues", settings.queue_name, "--hostname", hostname,
         "--without-mingle", "--without-gossip", "--without-heartbeat", "--loglevel", args.log_level.upper(),
     ])
@@ -163,11 +189,29 @@ class Child:
     restarts: int = 0
     backoff: float = _BACKOFF_FIRST
     restart_at: float | None = field(default=None)
+    log_path: Path | None = None  # its stdout and stderr are appended here (None: this terminal)
 
     def start(self) -> None:
-        self.proc = subprocess.Popen(self.argv, env=self.env, start_new_session=True)
+        if self.log_path is None:
+            self.proc = subprocess.Popen(self.argv, env=self.env, start_new_session=True)
+        else:
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.log_path, "ab") as log:
+                log.write(f"\n--- hcd up: {self.name} started {time.strftime('%Y-%m-%d %H:%M:%S')} ---\n".encode())
+                log.flush()
+                self.proc = subprocess.Popen(self.argv, env=self.env, start_new_session=True, stdout=log,
+                                             stderr=subprocess.STDOUT)
         self.started_at = time.monotonic()
         self.restart_at = None
+
+    def log_tail(self, lines: int = 20) -> str:
+        """The end of its log file (empty when it writes to the terminal)."""
+        if self.log_path is None or not self.log_path.exists():
+            return ""
+        with open(self.log_path, "rb") as log:
+            log.seek(max(0, log.seek(0, os.SEEK_END) - 16384))
+            text = log.read().decode(errors="replace")
+        return "\n".join(text.splitlines()[-lines:])
 
     def _signal_leftovers(self, sig: int) -> None:
         """Signal what is left of a dead child's process group: uvicorn's worker processes outlive their
@@ -194,8 +238,9 @@ class Child:
         self._signal_leftovers(signal.SIGTERM)
         if now - self.started_at >= _HEALTHY_AFTER:
             self.backoff = _BACKOFF_FIRST
+        where = f" (its log: {self.log_path})" if self.log_path else ""
         print(f"hcd up: the {self.name} exited with code {self.proc.returncode}; starting it again in "
-              f"{self.backoff:.0f} s", file=sys.stderr, flush=True)
+              f"{self.backoff:.0f} s{where}", file=sys.stderr, flush=True)
         self.restart_at = now + self.backoff
         self.backoff = min(self.backoff * 2, _BACKOFF_MAX)
 
@@ -223,8 +268,10 @@ class Child:
 
 def cmd_up(args: argparse.Namespace) -> int:
     import logging
+    import warnings
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")  # platformdirs, as root: noise
     if args.data_dir:
         os.environ["HCD_DATA_DIR"] = str(Path(args.data_dir).expanduser().resolve())
     if args.device:
@@ -242,23 +289,28 @@ def cmd_up(args: argparse.Namespace) -> int:
 
     embedded = []
     children: list[Child] = []
+    # The children's output (Celery's banner, uvicorn's and the worker's INFO lines) goes to log files;
+    # this terminal gets one banner when all is up, and the supervisor's own messages.
+    log_dir = None if args.verbose else data_dir / "logs"
+    embedded_urls: dict[str, str] = {}
+    _say(f"starting in {data_dir} ..." + (f" (the API's and worker's logs: {log_dir})" if log_dir else ""))
     try:
         env = dict(os.environ, HCD_DATA_DIR=str(data_dir), HCD_HOST=host, HCD_PORT=str(port))
+        if log_dir is not None:
+            env["PYTHONUNBUFFERED"] = "1"  # log lines reach the files as they are written
         if not settings.database_url:
             from jobs.embedded import start_postgres
 
             server = start_postgres(data_dir / "embedded" / "postgres")
             embedded.append(server)
-            env["HCD_DATABASE_URL"] = server.url
-            # Printed so that `HCD_DATABASE_URL=... hcd keys create` can reach it while it runs.
-            _say(f"embedded Postgres at {server.url} (data in {data_dir / 'embedded' / 'postgres'})")
+            # Shown in the banner, so that `HCD_DATABASE_URL=... hcd keys create` can reach it while it runs.
+            env["HCD_DATABASE_URL"] = embedded_urls["database"] = server.url
         if not settings.redis_url:
             from jobs.embedded import start_redis
 
             server = start_redis(data_dir / "embedded" / "redis")
             embedded.append(server)
-            env["HCD_REDIS_URL"] = server.url
-            _say(f"embedded Redis at {server.url}")
+            env["HCD_REDIS_URL"] = embedded_urls["redis"] = server.url
         settings = load_settings(database_url=env.get("HCD_DATABASE_URL"), redis_url=env.get("HCD_REDIS_URL"),
                                  data_dir=data_dir)
 
@@ -270,8 +322,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         cli = [sys.executable, "-m", "hcd_cli.main"]
         children = [
             Child("API", cli + ["api", "--host", host, "--port", str(port), "--workers", str(settings.api_workers)],
-                  env, grace=10.0),
-            Child("worker", cli + ["worker"], env, grace=90.0),
+                  env, grace=10.0, log_path=log_dir / "api.log" if log_dir else None),
+            Child("worker", cli + ["worker"], env, grace=90.0, log_path=log_dir / "worker.log" if log_dir else None),
         ]
         for child in children:
             child.start()
@@ -280,16 +332,17 @@ def cmd_up(args: argparse.Namespace) -> int:
         url = f"http://{shown_host}:{port}"
         if not _wait_http(f"{url}/healthz", 120, children) and not stop.is_set():
             print("hcd up: the API did not come up; stopping", file=sys.stderr)
+            for child in children:
+                if tail := child.log_tail():
+                    print(f"--- the end of {child.log_path}:\n{tail}", file=sys.stderr)
             return 1
         if stop.is_set():
             return 0
-        _say(f"API ready at {url} (docs at {url}/docs, {settings.api_workers} processes); data in {data_dir}")
-        if new_key:
-            _say(f"created an API key for owner 'admin' (shown only now, store it):\n  {new_key}")
-        elif settings.bootstrap_api_key:
-            _say("the key in HCD_BOOTSTRAP_API_KEY is valid for owner 'admin'")
-        else:
-            _say("using the existing keys; create another with `hcd keys create --owner NAME`")
+        from hcd_cli.up_banner import banner
+
+        print(banner(url=url, data_dir=data_dir, log_dir=log_dir, new_key=new_key,
+                     bootstrap_key=bool(settings.bootstrap_api_key), database=embedded_urls.get("database"),
+                     redis=embedded_urls.get("redis"), api_workers=settings.api_workers), flush=True)
         _say("press Ctrl-C to stop")
         # Supervise: a child that dies is started again (with backoff) while the rest keeps serving.
         while not stop.wait(0.5):

@@ -685,7 +685,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def _client_guard(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    """client_cmds' guard (API and connection errors: one line, exit 1), plus the local errors."""
+    """client_cmds' guard (API and connection errors: one line and its documented exit code), plus the
+    local errors (missing file, bad YAML) as one line too."""
     import httpx
     import yaml
 

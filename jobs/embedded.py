@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-_log = logging.getLogger(__name__)
+_log = logging.getLogger("hcd.embedded")
 
 
 @dataclass

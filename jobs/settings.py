@@ -6,6 +6,7 @@ import os
 import re
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -63,6 +64,17 @@ class Settings(BaseSettings):
     metrics_min_interval_seconds: float = Field(0.5, ge=0)  # per-step points streamed at most this often
     metrics_stream_maxlen: int = Field(10_000, ge=100)
     metrics_stream_ttl_seconds: int = Field(7 * 24 * 3600, ge=60)
+
+    # Observability
+    log_format: Literal["text", "json"] = "text"  # json: one JSON object per line (jobs.logs)
+    # `hcd worker` serves its own Prometheus metrics on this port (0: off); bind address below.
+    worker_metrics_port: int = Field(0, ge=0, le=65535)
+    worker_metrics_host: str = "127.0.0.1"
+
+    @field_validator("log_format", mode="before")
+    @classmethod
+    def _lower_log_format(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value
 
     @field_validator("bootstrap_api_key")
     @classmethod

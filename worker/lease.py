@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 import threading
 import time
 import uuid
 from collections.abc import Callable
+from typing import NoReturn
 
 from jobs.repository import JobRepository
 from jobs.settings import Settings
@@ -35,9 +35,10 @@ def heartbeat_interval(settings: Settings) -> float:
     return min(settings.lease_seconds / 3.0, _MAX_HEARTBEAT_INTERVAL)
 
 
-def exit_fenced(reason: str) -> None:
+def exit_fenced(reason: str) -> NoReturn:
     """Leave at once, writing nothing more (the job belongs to another attempt or has ended)."""
-    print(f"hcd worker child: {reason}; exiting without further writes", file=sys.stderr, flush=True)
+    _log.error("%s; exiting without further writes", reason)
+    logging.shutdown()  # flush every handler: os._exit skips the interpreter's teardown
     os._exit(EXIT_LEASE_LOST)
 
 

@@ -1,5 +1,13 @@
 """Metric sink of a running attempt: Redis stream (throttled live tail) + Postgres (every point).
 
+Stream entries (what SSE clients receive as `data`):
+- `metrics`: {"step", "epoch", "ts", "values": {name: value}, "epochs", "total_steps"} (the last two once
+  training has started; `epoch` is 0-based, `ts` is when the training loop made the points);
+- `status`: {"status", "phase", "attempt"}, plus "step", "epoch", "epochs", "total_steps" once training
+  has started. One is written at each status or phase change of the attempt, and one more when
+  training starts (or its size changes), so that a client knows the run's length at once.
+When an entry entered the stream is its entry id (the SSE event id): Redis' milliseconds, `<ms>-<seq>`.
+
 The training thread only appends to in-memory buffers (microseconds); a background thread does the
 I/O. Redis errors are logged and retried, never raised: the job goes on and Postgres keeps every
 point. Postgres writes are batched, idempotent (ON CONFLICT (job_id, name, step) DO NOTHING) and
@@ -52,6 +60,8 @@ class MetricsSink:
         self._last_stream_at = 0.0
         self._latest: dict[str, float] = {}
         self._progress: dict[str, int] | None = None
+        self._last_status: dict[str, Any] | None = None  # the attempt's last status entry (status, phase)
+        self._announced_size: tuple[int, int] | None = None  # (epochs, total_steps) last put in the stream
         self._dirty_job = False
         self._closing = False
         self._redis_down_until = 0.0
@@ -78,7 +88,9 @@ class MetricsSink:
                 self._latest[p.name] = float(p.value)
             self._dirty_job = True
             wake = False
+            size = _size(self._progress)
             for entry in _group_entries(points):
+                entry.update(size)
                 urgent = any(is_epoch_point(n) for n in entry["values"])
                 if urgent or now - self._last_stream_at >= self.settings.metrics_min_interval_seconds:
                     if not urgent and self._held_step_entry is not None:
@@ -98,12 +110,25 @@ class MetricsSink:
                 "step": progress.step, "total_steps": progress.total_steps,
             }
             self._dirty_job = True
+            size = (progress.epochs, progress.total_steps)
+            if self._last_status is not None and size != self._announced_size:
+                # Training started (or its size changed) after the last status entry: say so now, not
+                # with the first metrics entry, so that a watching client shows the total at once.
+                self._queue_status(self._last_status)
 
     def status_entry(self, status: str, phase: str | None) -> None:
         """A "status" stream entry, ordered after the metrics already queued."""
         with self._lock:
-            self._stream_queue.append(("status", {"status": str(status), "phase": phase, "attempt": self.attempt}))
-            self._lock.notify()
+            self._last_status = {"status": str(status), "phase": phase, "attempt": self.attempt}
+            self._queue_status(self._last_status)
+
+    def _queue_status(self, status: dict[str, Any]) -> None:
+        entry = dict(status)
+        if self._progress is not None:
+            entry.update(self._progress)
+            self._announced_size = (self._progress["epochs"], self._progress["total_steps"])
+        self._stream_queue.append(("status", entry))
+        self._lock.notify()
 
     def close(self, timeout: float = 30.0) -> bool:
         """Stop the thread after a last flush; True when Postgres has every point."""
@@ -165,9 +190,9 @@ class MetricsSink:
                     return
                 type_, data = self._stream_queue[0]
             try:
-                # appended_at: when the entry enters the stream (ts is when training made the point;
-                # a throttled step point waits up to metrics_min_interval_seconds in between).
-                xadd(self.settings, self.job_id, type_, {**data, "appended_at": time.time()})
+                # The entry id Redis gives it is when it entered the stream (benchmarks/service.py
+                # measures the metric latency from it); `ts` is when training made the points.
+                xadd(self.settings, self.job_id, type_, data)
             except (redis.RedisError, OSError) as err:
                 self.stream_errors += 1
                 if self.stream_errors in (1, 10, 100) or self.stream_errors % 1000 == 0:
@@ -216,6 +241,13 @@ class MetricsSink:
                 self._dirty_job = True
             return False
         return True
+
+
+def _size(progress: dict[str, int] | None) -> dict[str, int]:
+    """{"epochs", "total_steps"} of the run once training has started, else {}."""
+    if progress is None:
+        return {}
+    return {"epochs": progress["epochs"], "total_steps": progress["total_steps"]}
 
 
 def _group_entries(points: list[MetricPoint]) -> list[dict[str, Any]]:

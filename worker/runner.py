@@ -24,6 +24,7 @@ from hcd_core.spec import JobSpec
 from hcd_core.types import Progress, RunResult
 from jobs.db import database, database_unavailable
 from jobs.errors import FenceLost
+from jobs.logs import configure_logging, set_process_job
 from jobs.repository import AttemptJob, JobRepository, Outcome
 from jobs.settings import Settings, get_settings
 from jobs.status import OWNED, JobPhase, JobStatus
@@ -175,6 +176,8 @@ class Attempt:
     def run(self) -> int:
         if not self.lease.renew():
             return 1  # Postgres unreachable right at the start: the parent hands the job back
+        _log.info("job %s attempt %d started (worker device: %s)", self.job_id, self.attempt,
+                  self.settings.worker_device)
         self.lease.start()
         self.sink.start()
         signal.signal(signal.SIGTERM, lambda *_: self.stopper.shutdown.set())
@@ -218,6 +221,8 @@ class Attempt:
                 "handing the job back")
             if status is None:
                 exit_fenced("the job was taken by another attempt before it was handed back")
+            _log.info("job %s attempt %d handed back (%s): the job is %s", self.job_id, self.attempt, reason,
+                      status.value)
             return 0
         assert outcome is not None
         done = outcome
@@ -227,6 +232,8 @@ class Attempt:
             "recording the job's end")
         if not finished:
             exit_fenced("the final transition was fenced out")
+        _log.info("job %s attempt %d ended: %s%s", self.job_id, self.attempt, done.status.value,
+                  f" ({done.error_code})" if done.error_code else "")
         if done.status == JobStatus.SUCCEEDED and not self.settings.keep_checkpoints:
             self.store.delete_checkpoints(self.job_id)
         return 0
@@ -241,6 +248,8 @@ class Attempt:
             teacher = resolve_teacher(session, self.store, self.job.owner, spec, read_card=True)
         checkpoint_dir = self.store.checkpoint_dir(self.job_id)
         resuming = (checkpoint_dir / CHECKPOINT_NAME).is_file()
+        if resuming:
+            _log.info("job %s attempt %d resumes from its checkpoint", self.job_id, self.attempt)
         reported: list[Progress] = []
 
         def on_progress(progress: Progress) -> None:
@@ -275,11 +284,14 @@ def run_attempt(settings: Settings, job_id: str, attempt: int) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    settings = get_settings()
+    configure_logging(logging.INFO, settings.log_format)
     if len(argv) != 2:
-        print("usage: python -m worker.runner JOB_ID ATTEMPT", file=sys.stderr)
+        _log.error("usage: python -m worker.runner JOB_ID ATTEMPT")
         return 2
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s [job-child] %(message)s")
-    return run_attempt(get_settings(), str(uuid.UUID(argv[0])), int(argv[1]))
+    job_id, attempt = str(uuid.UUID(argv[0])), int(argv[1])
+    set_process_job(job_id, attempt)  # every line of this process (all its threads) names the job
+    return run_attempt(settings, job_id, attempt)
 
 
 if __name__ == "__main__":

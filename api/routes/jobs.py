@@ -190,8 +190,9 @@ async def list_metrics(
     "/{job_id}/metrics/stream",
     summary="Live metrics and status as Server-Sent Events",
     description=(
-        "Events `metrics` ({step, epoch, ts, values}), `status` ({status, phase, attempt}) and a final "
-        "`end` ({status}); each event's id is its Redis stream entry id. Resume with the "
+        "Events `metrics` ({step, epoch, epochs, total_steps, ts, values}), `status` ({status, phase, attempt, "
+        "and step, epoch, epochs, total_steps once training started}) and a final `end` ({status}); each "
+        "event's id is its Redis stream entry id (`<ms since the epoch>-<seq>`: when it was added). Resume with the "
         "`Last-Event-ID` header (or `?last_event_id=`). Keep-alive comments while idle."
     ),
     response_class=StreamingResponse,

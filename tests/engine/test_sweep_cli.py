@@ -165,14 +165,15 @@ def test_submit_without_a_server_is_one_line(tmp_path: Path, capsys: pytest.Capt
     monkeypatch.setenv("HCD_API_KEY", "k")
     spec = write_spec(tmp_path, TRAINING)
     capsys.readouterr()
-    assert main(["sweep", "submit", str(spec), *GRID, "--seeds", "0,1"]) == 1
+    # The client's exit codes (hcd_cli.exits): 5 unreachable, 2 bad input or no key.
+    assert main(["sweep", "submit", str(spec), *GRID, "--seeds", "0,1"]) == 5
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "cannot reach" in err
-    assert main(["sweep", "status", "abc"]) == 1
+    assert main(["sweep", "status", "abc"]) == 5
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
-    assert main(["sweep", "submit", str(tmp_path / "none.yaml"), *GRID, "--seeds", "0"]) == 1
+    assert main(["sweep", "submit", str(tmp_path / "none.yaml"), *GRID, "--seeds", "0"]) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err and "none.yaml" in err
     assert main(["sweep", "submit", str(spec), *GRID, "--seeds", "0", "--output", "x"]) == 2
     monkeypatch.delenv("HCD_API_KEY")
-    assert main(["sweep", "status", "abc"]) == 1
+    assert main(["sweep", "status", "abc"]) == 2

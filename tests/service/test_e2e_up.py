@@ -109,9 +109,20 @@ def test_hcd_up_serves_restarts_dead_children_runs_a_job_and_stops_cleanly_on_ct
 
         wait_until(ready, 120, 0.25, "hcd up to be ready")
         text = log_path.read_text()
-        key = re.search(r"^\s+(hcd_\S+)$", text, re.M).group(1)
+        key = re.search(r"^    API key +(hcd_\S+)  \(owner admin; shown only this once", text, re.M).group(1)
         base = f"http://127.0.0.1:{port}"
         assert httpx.get(f"{base}/readyz").status_code == 200
+        # One banner: where to go, the key, where things are; the children's chatter is in their logs.
+        data_dir, log_dir = (tmp_path / "data").resolve(), (tmp_path / "data" / "logs").resolve()
+        assert re.search(rf"^    dashboard +{base}/$", text, re.M), text
+        assert re.search(rf"^    data +{data_dir}  ", text, re.M), text
+        assert re.search(rf"^    logs +{log_dir / 'api.log'}, {log_dir / 'worker.log'}$", text, re.M), text
+        assert f"export HCD_SERVER_URL={base} HCD_API_KEY={key}" in text
+        assert len(text.splitlines()) <= 25, text
+        for chatter in ("celery@", "[tasks]", "[queues]", "Application startup complete", " INFO "):
+            assert chatter not in text, (chatter, text)
+        assert "[queues]" in (log_dir / "worker.log").read_text()
+        assert "--- hcd up: API started" in (log_dir / "api.log").read_text()
 
         def log_tail() -> str:
             return log_path.read_text()[-4000:]
@@ -131,7 +142,8 @@ def test_hcd_up_serves_restarts_dead_children_runs_a_job_and_stops_cleanly_on_ct
         restarted = wait_until(new_worker, 10, 0.1, "a new worker")
         assert time.monotonic() - killed < 6
         text = log_path.read_text()
-        assert "the worker exited with code -9; starting it again in 1 s" in text, log_tail()
+        assert (f"the worker exited with code -9; starting it again in 1 s (its log: {log_dir / 'worker.log'})"
+                in text), log_tail()
         assert "starting the worker again (restart 1)" in text, log_tail()
 
         # A job submitted afterwards runs on the new worker.
