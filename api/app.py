@@ -24,7 +24,7 @@ from jobs.db import database
 from jobs.keys import ensure_bootstrap_key
 from jobs.repository import JobRepository
 from jobs.settings import Settings, get_settings
-from jobs.storage import LocalStore
+from jobs.storage import open_store
 from jobs.streams import StatusStream
 from jobs.sweeps import SweepRepository
 
@@ -69,7 +69,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if not settings.database_url or not settings.redis_url:
         raise RuntimeError("the API needs HCD_DATABASE_URL and HCD_REDIS_URL (or use `hcd up`)")
     clients = _Clients(settings.redis_url)
-    store = LocalStore(settings.data_dir)
+    store = open_store(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -1,20 +1,33 @@
-"""Serving stored files: strong ETag (the sha256), If-None-Match, single byte ranges, streamed."""
+"""Serving stored files: strong ETag (the sha256), If-None-Match, single byte ranges, streamed from the
+store (a local file or an object: `jobs.storage.Blob`); the store's blocking calls run in a thread."""
 
 from __future__ import annotations
 
 import enum
-import os
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Iterator
+from typing import TypeVar
 
 from fastapi import Request, Response
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 
-from api.problems import problem_response
+from api.problems import ProblemError, problem_response
+from jobs.storage import Blob, LocalBlob, StorageError
 
-CHUNK_BYTES = 256 * 1024
 _RANGE = re.compile(r"^\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*$")
+T = TypeVar("T")
+STORAGE_RETRY_AFTER_SECONDS = 5
+
+
+async def in_store_thread(func: Callable[..., T], *args: object, **kwargs: object) -> T:
+    """A blocking store call (an object store's requests) off the event loop; a failing store is a 503."""
+    try:
+        return await run_in_threadpool(func, *args, **kwargs)
+    except StorageError as err:
+        raise ProblemError(503, err.code, "the artifact store is unavailable; retry shortly",
+                           headers={"Retry-After": str(STORAGE_RETRY_AFTER_SECONDS)}) from err
 
 
 def _etag_matches(header: str, etag: str) -> bool:
@@ -53,20 +66,18 @@ def parse_range(header: str, size: int) -> tuple[int, int] | None | Unsatisfiabl
     return start, min(end, size - 1)
 
 
-def _read_chunks(path: Path, start: int, length: int) -> Iterator[bytes]:
-    with open(path, "rb") as handle:
-        handle.seek(start)
-        remaining = length
-        while remaining > 0:
-            chunk = handle.read(min(CHUNK_BYTES, remaining))
-            if not chunk:
-                break
-            remaining -= len(chunk)
-            yield chunk
-
-
 def file_response(request: Request, path: Path, *, sha256: str, media_type: str, filename: str) -> Response:
-    size = os.stat(path).st_size
+    return blob_response(request, LocalBlob(path, path.stat().st_size), sha256=sha256, media_type=media_type,
+                         filename=filename)
+
+
+def redirect_response(url: str, *, sha256: str) -> Response:
+    """307 to a presigned URL of the store (it expires: never cache the redirect)."""
+    return Response(status_code=307, headers={"Location": url, "ETag": f'"{sha256}"', "Cache-Control": "no-store"})
+
+
+def blob_response(request: Request, blob: Blob, *, sha256: str, media_type: str, filename: str) -> Response:
+    size = blob.size
     etag = f'"{sha256}"'
     headers = {
         "ETag": etag,
@@ -89,9 +100,9 @@ def file_response(request: Request, path: Path, *, sha256: str, media_type: str,
         )
     if byte_range is None:
         headers["Content-Length"] = str(size)
-        return StreamingResponse(_read_chunks(path, 0, size), media_type=media_type, headers=headers)
+        return StreamingResponse(blob.iter_range(0, size), media_type=media_type, headers=headers)
     first, last = byte_range
     length = last - first + 1
     headers["Content-Range"] = f"bytes {first}-{last}/{size}"
     headers["Content-Length"] = str(length)
-    return StreamingResponse(_read_chunks(path, first, length), status_code=206, media_type=media_type, headers=headers)
+    return StreamingResponse(blob.iter_range(first, length), status_code=206, media_type=media_type, headers=headers)

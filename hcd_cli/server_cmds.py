@@ -111,6 +111,17 @@ def cmd_worker(args: argparse.Namespace) -> int:
     os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
     settings = load_settings()
     _require_urls(settings)
+    # The device first: a worker that cannot use it must take no job (the GPU is checked in a child
+    # process; this one never imports torch). HCD_WORKER_DEVICE=cuda:N exports CUDA_VISIBLE_DEVICES too.
+    from worker.device_check import DeviceError, check_device, normalize_device
+    try:
+        _apply_device(normalize_device(settings.worker_device))
+        device_info = check_device(settings.worker_device)
+    except DeviceError as err:
+        print(f"hcd worker: {err}", file=sys.stderr, flush=True)
+        return err.exit_code
+    import logging
+
     from jobs.logs import configure_logging
     from worker.celery_app import make_worker_app
     from worker.housekeeping import HousekeepingThread
@@ -118,6 +129,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from worker.tasks import worker_identity
 
     configure_logging(args.log_level.upper(), settings.log_format)
+    logging.getLogger("hcd.worker").info("device %s", device_info.description)
     metrics_port = settings.worker_metrics_port if args.metrics_port is None else args.metrics_port
     if metrics_port:
         try:
@@ -277,6 +289,14 @@ def cmd_up(args: argparse.Namespace) -> int:
     if args.device:
         _apply_device(args.device)
     settings = load_settings()
+    # A device the worker cannot use is refused now, not by a worker restarted forever.
+    from worker.device_check import DeviceError, check_device
+
+    try:
+        check_device(settings.worker_device)
+    except DeviceError as err:
+        print(f"hcd up: {err}", file=sys.stderr, flush=True)
+        return err.exit_code
     data_dir = settings.data_dir.expanduser().resolve()
     from jobs.storage import LocalStore
 

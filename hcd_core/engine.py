@@ -107,6 +107,8 @@ def run_job(
         if hooks.before_checkpoint:
             hooks.before_checkpoint()  # what was reported so far is durable before we resume past it
         save_checkpoint(ckpt_path, {**state, "spec_hash": spec_hash}, before_replace=hooks.checkpoint_guard)
+        if hooks.after_checkpoint:
+            hooks.after_checkpoint(ckpt_path)  # in place, and past the guard
 
     job = build(spec, teacher_weights=teacher_weights, teacher_card=teacher_card, data_root=data_root,
                 hooks=hooks, emit=emit, save=save)

@@ -53,6 +53,9 @@ class RunHooks:
     checkpoint_guard: after the new checkpoint is written to a temporary file and fsynced, before it
         replaces the previous one. If it raises (e.g. the caller lost its lease), the temporary file
         is removed, the previous checkpoint is left untouched and the exception leaves run_job as is.
+    after_checkpoint: with the checkpoint's path, once it is in place (so only after checkpoint_guard
+        passed); e.g. to copy it to remote storage. The metrics log in output_dir is complete up to the
+        checkpoint's step at that point. An exception it raises leaves run_job as is.
     """
 
     on_metrics: Callable[[list[MetricPoint]], None] | None = None
@@ -61,6 +64,7 @@ class RunHooks:
     on_progress: Callable[[Progress], None] | None = None
     before_checkpoint: Callable[[], None] | None = None
     checkpoint_guard: Callable[[], None] | None = None
+    after_checkpoint: Callable[[Path], None] | None = None
     stop_check_every: int = 10
 
 

@@ -23,6 +23,19 @@ class Settings(BaseSettings):
     database_url: str | None = None  # e.g. postgresql+psycopg://hcd@127.0.0.1:5432/hcd
     redis_url: str | None = None  # e.g. redis://127.0.0.1:6379/0
     data_dir: Path = Path("./hcd-data")  # artifacts/, checkpoints/, uploads/, datasets/, embedded/
+    # Object storage (docs/storage.md). None: artifacts, checkpoints and uploads live under data_dir
+    # (one directory, shared by every host through a mount). "s3://bucket/prefix": an S3-compatible
+    # store, configured by the standard AWS_* variables (AWS_ENDPOINT_URL for MinIO, Ceph, R2...).
+    storage_url: str | None = None
+    # With an object store: this host's own scratch (exports and checkpoints being written, the teacher
+    # cache, uploads being received). Default: data_dir/work.
+    work_dir: Path | None = None
+    # Presigned download URLs (`?redirect=true`): their lifetime, and the endpoint clients reach the
+    # store at when it differs from AWS_ENDPOINT_URL (e.g. http://localhost:9000 for compose's MinIO).
+    presigned_url_seconds: int = Field(300, ge=10, le=7 * 24 * 3600)
+    storage_public_endpoint_url: str | None = None
+    # The worker's teacher cache (by sha256) is trimmed to this size, least recently used first.
+    teacher_cache_max_gb: float = Field(20.0, gt=0)
     # When set: a key with this value exists for owner "admin" (a new value revokes the previous one).
     bootstrap_api_key: str | None = None
 
@@ -76,6 +89,23 @@ class Settings(BaseSettings):
     def _lower_log_format(cls, value: object) -> object:
         return value.strip().lower() if isinstance(value, str) else value
 
+    @field_validator("storage_url", "storage_public_endpoint_url", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("storage_url")
+    @classmethod
+    def _check_storage_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        value = value.strip()
+        scheme, sep, rest = value.partition("://")
+        bucket = rest.split("/", 1)[0]
+        if scheme.lower() != "s3" or not sep or not re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", bucket):
+            raise ValueError("HCD_STORAGE_URL must look like s3://bucket or s3://bucket/prefix (unset: HCD_DATA_DIR)")
+        return value
+
     @field_validator("bootstrap_api_key")
     @classmethod
     def _check_bootstrap_key(cls, value: str | None) -> str | None:
@@ -91,6 +121,10 @@ class Settings(BaseSettings):
     @property
     def datasets_dir(self) -> Path:
         return self.data_dir / "datasets"  # dataset roots in specs are confined under here
+
+    @property
+    def local_work_dir(self) -> Path:
+        return self.work_dir if self.work_dir is not None else self.data_dir / "work"
 
 
 @lru_cache

@@ -3,13 +3,17 @@ and by the worker to find the files to load.
 
 A spec names its teacher's weights as a succeeded job of the same owner (`job`), an uploaded model of
 the same owner (`model`) or timm's pretrained weights (`timm`); a local file (`file`) is for the CLI.
+
+`resolve_teacher` reads the database (and checks that the file is in the store); `fetch_teacher`, called
+by the worker outside any database session, makes the weights a local file (the store's cache, by
+sha256, when the store is remote) and reads the teacher job's model card.
 """
 
 from __future__ import annotations
 
 import json
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +28,9 @@ from jobs.status import ACTIVE, JobStatus
 from jobs.storage import ArtifactStore
 from jobs.tables import Artifact, Job, UploadedModel
 
+_MISSING_JOB_WEIGHTS = "the teacher job's weights are missing from the artifact store"
+_MISSING_UPLOAD = "the uploaded model's file is missing from the artifact store"
+
 
 class TeacherError(InvalidInput):
     """The spec's teacher cannot be used; `loc` names the spec field, `code` the problem."""
@@ -35,13 +42,17 @@ class TeacherError(InvalidInput):
 
 @dataclass(frozen=True)
 class TeacherRef:
-    """A resolved teacher: which job or model it is, its weights file and its model card."""
+    """A resolved teacher: which job or model it is, where its weights are stored, and (once fetched)
+    its weights as a local file and its model card."""
 
     job_id: uuid.UUID | None = None
     model_id: uuid.UUID | None = None
-    weights: Path | None = None  # None: timm's pretrained weights, or a teacher job not finished yet
+    weights: Path | None = None  # a local file, set by fetch_teacher (None: timm, or not fetched yet)
     card: dict[str, Any] | None = None  # arch, num_classes, image_size, mean, std (what the engine reads)
     pending: bool = False  # a teacher job still queued or running: the student waits for it
+    weights_key: str | None = None  # the store's key: an artifact (job) or an upload (model)
+    weights_sha256: str | None = None
+    card_key: str | None = None  # a teacher job's model_card.json artifact, if it has one
 
 
 def _parse_id(value: str, loc: str, what: str) -> uuid.UUID:
@@ -59,10 +70,10 @@ def _classes(dataset: dict[str, Any]) -> int | None:
 
 
 def resolve_teacher(
-    session: Session, store: ArtifactStore, owner: str, spec: JobSpec, *, read_card: bool = False,
-    allow_pending: bool = False,
+    session: Session, store: ArtifactStore, owner: str, spec: JobSpec, *, allow_pending: bool = False,
 ) -> TeacherRef | None:
-    """The spec's teacher as a TeacherRef (None for a method without one); raises TeacherError.
+    """The spec's teacher as a TeacherRef (None for a method without one); raises TeacherError, and
+    StorageError when the store cannot be asked whether the weights are there.
 
     With `allow_pending` (a submission), a teacher job still queued or running is accepted: the student
     waits for it. A worker resolves only succeeded teachers (the claim never starts a waiting job)."""
@@ -86,10 +97,10 @@ def resolve_teacher(
         pending = allow_pending and JobStatus(row.status) in ACTIVE
         if row.status != JobStatus.SUCCEEDED and not pending:
             raise TeacherError(loc, f"the teacher job has status {row.status!r}, not {JobStatus.SUCCEEDED.value!r}")
-        keys = dict(session.execute(
-            select(Artifact.name, Artifact.path)
+        stored = {a.name: a for a in session.execute(
+            select(Artifact.name, Artifact.path, Artifact.sha256)
             .where(Artifact.job_id == job_id, Artifact.name.in_((WEIGHTS_NAME, CARD_NAME)))
-        ).all())
+        ).all()}
         trained = row.spec.get("student", {}).get("arch")
         if trained != teacher.arch:
             raise TeacherError("teacher.arch", f"the teacher job trained {trained!r}, not {teacher.arch!r}")
@@ -98,16 +109,13 @@ def resolve_teacher(
             raise TeacherError(loc, f"the teacher job has {teacher_classes} classes, the dataset {classes}")
         if pending:
             return TeacherRef(job_id=job_id, pending=True)
-        if WEIGHTS_NAME not in keys:
+        if WEIGHTS_NAME not in stored:
             raise TeacherError(loc, f"the teacher job has no exported {WEIGHTS_NAME}")
-        path = store.artifact_path(keys[WEIGHTS_NAME])
-        if path is None:
-            raise TeacherError(loc, "the teacher job's weights are missing from the artifact store",
-                               "teacher_unavailable")
-        card = None
-        if read_card and CARD_NAME in keys and (card_path := store.artifact_path(keys[CARD_NAME])) is not None:
-            card = json.loads(card_path.read_text())
-        return TeacherRef(job_id=job_id, weights=path, card=card)
+        weights_row = stored[WEIGHTS_NAME]
+        if not store.artifact_exists(weights_row.path):
+            raise TeacherError(loc, _MISSING_JOB_WEIGHTS, "teacher_unavailable")
+        return TeacherRef(job_id=job_id, weights_key=weights_row.path, weights_sha256=weights_row.sha256,
+                          card_key=stored[CARD_NAME].path if CARD_NAME in stored else None)
     loc = "teacher.weights.model_id"
     model_id = _parse_id(weights.model_id, loc, "uploaded model")
     model = session.execute(
@@ -119,12 +127,31 @@ def resolve_teacher(
         raise TeacherError("teacher.arch", f"the uploaded model is a {model.arch!r}, not {teacher.arch!r}")
     if classes is not None and model.num_classes != classes:
         raise TeacherError(loc, f"the uploaded model has {model.num_classes} classes, the dataset {classes}")
-    path = store.upload_path(model.path)
-    if path is None:
-        raise TeacherError(loc, "the uploaded model's file is missing from the artifact store", "teacher_unavailable")
+    if not store.upload_exists(model.path):
+        raise TeacherError(loc, _MISSING_UPLOAD, "teacher_unavailable")
     model_card: dict[str, Any] = {"arch": model.arch, "num_classes": model.num_classes}
     if model.image_size:
         model_card["image_size"] = model.image_size
     if model.mean and model.std:
         model_card["mean"], model_card["std"] = list(model.mean), list(model.std)
-    return TeacherRef(model_id=model_id, weights=path, card=model_card)
+    return TeacherRef(model_id=model_id, card=model_card, weights_key=model.path, weights_sha256=model.sha256)
+
+
+def fetch_teacher(store: ArtifactStore, ref: TeacherRef) -> TeacherRef:
+    """`ref` with its weights as a local file and, for a teacher job, its model card; raises TeacherError
+    (`teacher_unavailable`) when they are gone from the store, StorageError when the store fails.
+    Call it outside any database session: with an object store it may download gigabytes."""
+    if ref.weights_key is None or ref.weights_sha256 is None:
+        return ref  # timm's pretrained weights: nothing to fetch
+    if ref.job_id is not None:
+        path = store.fetch_artifact(ref.weights_key, ref.weights_sha256)
+        if path is None:
+            raise TeacherError("teacher.weights.job_id", _MISSING_JOB_WEIGHTS, "teacher_unavailable")
+        card = ref.card
+        if ref.card_key is not None and (raw := store.read_artifact(ref.card_key)) is not None:
+            card = json.loads(raw)
+        return replace(ref, weights=path, card=card)
+    path = store.fetch_upload(ref.weights_key, ref.weights_sha256)
+    if path is None:
+        raise TeacherError("teacher.weights.model_id", _MISSING_UPLOAD, "teacher_unavailable")
+    return replace(ref, weights=path)

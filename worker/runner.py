@@ -28,9 +28,9 @@ from jobs.logs import configure_logging, set_process_job
 from jobs.repository import AttemptJob, JobRepository, Outcome
 from jobs.settings import Settings, get_settings
 from jobs.status import OWNED, JobPhase, JobStatus
-from jobs.storage import LocalStore, StoredFile
+from jobs.storage import StorageError, StoredFile, open_store
 from jobs.streams import StatusStream, Transition
-from jobs.teachers import TeacherError, resolve_teacher
+from jobs.teachers import TeacherError, fetch_teacher, resolve_teacher
 from worker.lease import LeaseKeeper, exit_fenced
 from worker.metrics import MetricsSink
 
@@ -78,8 +78,9 @@ def public_message(message: str, settings: Settings) -> str:
     """An error message fit for the job's owner: no server paths (dataset paths become relative)."""
     for base in {str(settings.datasets_dir.resolve()), str(settings.datasets_dir)}:
         message = message.replace(base.rstrip("/") + "/", "").replace(base, ".")
-    for base in {str(settings.data_dir.resolve()), str(settings.data_dir)}:
-        message = message.replace(base, "<data>")
+    for folder in (settings.local_work_dir, settings.data_dir):
+        for base in {str(folder.resolve()), str(folder)}:
+            message = message.replace(base, "<data>")
     return _ABSOLUTE_PATH.sub("<path>", message)[:4000]
 
 
@@ -92,6 +93,8 @@ def classify(err: BaseException, settings: Settings) -> tuple[str, str, bool]:
     if isinstance(err, OutputWriteError) or (isinstance(err, OSError) and err.errno in _STORAGE_ERRNOS):
         reason = err.strerror or type(err).__name__
         return "storage_error", f"the artifact store could not be written ({reason})", True
+    if isinstance(err, StorageError):  # the object store: unreachable, refused, a corrupt transfer
+        return "storage_error", public_message(str(err), settings), True
     message = public_message(f"{type(err).__name__}: {err}", settings)
     try:
         import torch
@@ -137,7 +140,10 @@ class Attempt:
         self.settings, self.job, self.job_id, self.attempt = settings, job, str(job.id), job.attempt
         self.status_stream = StatusStream(settings)
         self.repo = JobRepository(database(settings), notify=self._announce)
-        self.store = LocalStore(settings.data_dir)
+        self.store = open_store(settings)
+        # The engine's directories for this attempt: the shared ones (local store), or this host's
+        # staging, whose checkpoints and exports the workspace moves to the object store.
+        self.workspace = self.store.workspace(self.job_id, self.attempt)
         self.lease = LeaseKeeper(settings, self.repo, self.job_id, self.attempt)
         self.sink = MetricsSink(settings, self.repo, self.job_id, self.attempt, on_fence_lost=exit_fenced)
         started = job.started_at.timestamp() if job.started_at else time.time()
@@ -189,7 +195,7 @@ class Attempt:
         try:
             result = self._train()
             if result.status == "completed":
-                files = self.store.record(self.job_id, result.artifacts)
+                files = self.workspace.publish(result.artifacts)
                 outcome = Outcome(JobStatus.SUCCEEDED)
             elif self.stopper.reason == "cancel":
                 outcome = Outcome(JobStatus.CANCELLED)
@@ -212,6 +218,7 @@ class Attempt:
         # Every metric reaches Postgres before the job is seen as finished.
         self.sink.close(timeout=self.settings.max_db_outage_seconds)
         self.lease.stop()
+        self.workspace.close()  # what this attempt staged locally (the store keeps its checkpoint)
         if outcome is not None and self.stopper.reason == "cancel" and outcome.status != JobStatus.SUCCEEDED:
             outcome = Outcome(JobStatus.CANCELLED)
         if hand_back is not None:
@@ -239,15 +246,15 @@ class Attempt:
         return 0
 
     def _train(self) -> RunResult:
-        from hcd_core.checkpoint import CHECKPOINT_NAME
         from hcd_core.engine import RunHooks, run_job
 
         self.phase("loading")
         spec = _apply_worker_device(JobSpec.model_validate(self.job.spec), self.settings.worker_device)
         with self.repo.db.session() as session:
-            teacher = resolve_teacher(session, self.store, self.job.owner, spec, read_card=True)
-        checkpoint_dir = self.store.checkpoint_dir(self.job_id)
-        resuming = (checkpoint_dir / CHECKPOINT_NAME).is_file()
+            teacher = resolve_teacher(session, self.store, self.job.owner, spec)
+        if teacher is not None:
+            teacher = fetch_teacher(self.store, teacher)  # a local file (cached by sha256 on this host)
+        resuming = self.workspace.restore_checkpoint()
         if resuming:
             _log.info("job %s attempt %d resumes from its checkpoint", self.job_id, self.attempt)
         reported: list[Progress] = []
@@ -266,8 +273,8 @@ class Attempt:
 
         hooks = RunHooks(on_metrics=self.sink.add, should_stop=self.stopper, on_phase=self.phase,
                          on_progress=on_progress, stop_check_every=2, before_checkpoint=before_checkpoint,
-                         checkpoint_guard=self.checkpoint_guard)
-        return run_job(spec, output_dir=self.store.output_dir(self.job_id), checkpoint_dir=checkpoint_dir,
+                         checkpoint_guard=self.checkpoint_guard, after_checkpoint=self.workspace.checkpoint_saved)
+        return run_job(spec, output_dir=self.workspace.output_dir, checkpoint_dir=self.workspace.checkpoint_dir,
                        teacher_weights=teacher.weights if teacher else None,
                        teacher_card=teacher.card if teacher else None, hooks=hooks,
                        data_root=Path(self.settings.datasets_dir))

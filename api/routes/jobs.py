@@ -13,7 +13,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from api.artifact_files import file_response
+from api.artifact_files import blob_response, in_store_thread, redirect_response
 from api.bodies import read_body
 from api.deps import in_db_thread, require_owner
 from api.json_body import json_response
@@ -133,7 +133,7 @@ async def delete_job(job_id: str, request: Request, owner: Owner) -> Response:
     uid = parse_uuid(job_id)
     state = request.app.state
     await in_db_thread(request, state.repo.delete, owner, uid)
-    state.store.delete_job(uid)
+    await in_store_thread(state.store.delete_job, uid)
     state.status_stream.forget(uid)  # the live tail goes with the job
     return Response(status_code=204)
 
@@ -238,16 +238,32 @@ async def list_artifacts(job_id: str, request: Request, owner: Owner) -> Respons
 @router.get(
     "/{job_id}/artifacts/{name}",
     summary="Download an exported file (ETag = sha256; Range and If-None-Match supported)",
+    description=(
+        "Streamed from the artifact store. With `redirect=true` and an object store (S3), the answer is a "
+        "307 to a presigned URL of the object, valid for a few minutes (`HCD_PRESIGNED_URL_SECONDS`); with "
+        "the local store the file is served as without it."
+    ),
     response_class=StreamingResponse,
     responses={200: {"content": {"application/octet-stream": {}}}, 206: {"description": "Partial content"},
-               304: {"description": "Not modified"}, 404: _PROBLEM, 416: _PROBLEM, 503: _PROBLEM},
+               304: {"description": "Not modified"},
+               307: {"description": "`redirect=true` with an object store: `Location` is a presigned URL"},
+               404: _PROBLEM, 416: _PROBLEM, 503: _PROBLEM},
 )
-async def download_artifact(job_id: str, name: str, request: Request, owner: Owner) -> Response:
+async def download_artifact(
+    job_id: str, name: str, request: Request, owner: Owner,
+    redirect: Annotated[bool, Query(description="answer 307 with a presigned URL of the store, when it has one")]
+    = False,
+) -> Response:
     uid = parse_uuid(job_id)
     if not storable_text(name) or len(name) > 128:
         raise ProblemError(404, "not_found", "artifact not found")
+    store = request.app.state.store
     row = await in_db_thread(request, request.app.state.repo.artifact, owner, uid, name)
-    path = request.app.state.store.artifact_path(row.path)
-    if path is None:
+    if redirect:
+        url = await in_store_thread(store.artifact_url, row.path, filename=row.name)
+        if url is not None:
+            return redirect_response(url, sha256=row.sha256)
+    blob = await in_store_thread(store.open_artifact, row.path)
+    if blob is None:
         raise ProblemError(404, "not_found", "artifact file is missing from the store")
-    return file_response(request, path, sha256=row.sha256, media_type=row.media_type, filename=row.name)
+    return blob_response(request, blob, sha256=row.sha256, media_type=row.media_type, filename=row.name)

@@ -8,9 +8,11 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Any
 
+import anyio
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 
+from api.artifact_files import in_store_thread
 from api.bodies import body_chunks
 from api.deps import in_db_thread, require_owner
 from api.json_body import json_response
@@ -109,7 +111,7 @@ async def upload_model(request: Request, owner: Owner) -> Response:
         mean, std = _triple(fields, "mean", False), _triple(fields, "std", True)
         await run_in_threadpool(check_fits_model, parsed.file_path, arch, num_classes, image_size)
         model_id = uuid.uuid4()
-        key = store.store_upload(parsed.file_path, model_id)
+        key = await in_store_thread(store.store_upload, parsed.file_path, model_id)
         row = UploadedModel(
             id=model_id, owner=owner, arch=arch, num_classes=num_classes, image_size=image_size,
             mean=mean, std=std, filename=parsed.filename or "model.safetensors",
@@ -118,7 +120,8 @@ async def upload_model(request: Request, owner: Owner) -> Response:
         try:
             row = await in_db_thread(request, state.repo.add_model, row)
         except BaseException:
-            store.delete_upload(key)
+            with anyio.CancelScope(shield=True):  # also when the client went away meanwhile
+                await in_store_thread(store.delete_upload, key)
             raise
     finally:
         parsed.file_path.unlink(missing_ok=True)
@@ -162,5 +165,5 @@ async def delete_model(model_id: str, request: Request, owner: Owner) -> Respons
     uid = parse_uuid(model_id, "model")
     state = request.app.state
     key = await in_db_thread(request, state.repo.delete_model, owner, uid)
-    state.store.delete_upload(key)
+    await in_store_thread(state.store.delete_upload, key)
     return Response(status_code=204)

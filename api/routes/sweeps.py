@@ -8,6 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.responses import JSONResponse
 
+from api.artifact_files import in_store_thread
 from api.bodies import read_body
 from api.deps import in_db_thread, require_owner
 from api.json_body import json_response
@@ -95,6 +96,6 @@ async def delete_sweep(sweep_id: str, request: Request, owner: Owner) -> Respons
     uid = parse_uuid(sweep_id, "sweep")
     state = request.app.state
     for job_id in await in_db_thread(request, state.sweeps.delete, owner, uid):
-        state.store.delete_job(job_id)
+        await in_store_thread(state.store.delete_job, job_id)
         state.status_stream.forget(job_id)
     return Response(status_code=204)

@@ -138,13 +138,26 @@ def chosen_configs(plan: dict[str, Any], out: Path) -> dict[str, dict[str, Any]]
 
 
 def stage_final(plan: dict[str, Any], out: Path, parallel: int) -> None:
-    for row, method_spec in chosen_configs(plan, out).items():
-        for task, conf in plan["tasks"].items():
-            for pair_name, pair in plan["pairs"].items():
-                teacher = None if method_spec["name"] == "ce" else _teacher_weights(out, task, pair["teacher"])
-                spec = _spec(plan, task, pair["student"], method_spec, epochs=conf["epochs"], teacher=teacher)
-                _sweep(spec, {}, plan["final_seeds"], out / "final" / task / pair_name / cell_slug({"row": row}),
-                       parallel)
+    """Per task and pair: one sweep over every distillation row (a grid over the whole `method`) x the
+    final seeds, so that `--parallel` stays busy; `ce` (no teacher) in a sweep of its own."""
+    chosen = chosen_configs(plan, out)
+    distilled = [spec for spec in chosen.values() if spec["name"] != "ce"]
+    for task, conf in plan["tasks"].items():
+        for pair_name, pair in plan["pairs"].items():
+            where = out / "final" / task / pair_name
+            spec = _spec(plan, task, pair["student"], {"name": "ce"}, epochs=conf["epochs"])
+            _sweep(spec, {}, plan["final_seeds"], where / "ce", parallel)
+            teacher = _teacher_weights(out, task, pair["teacher"])
+            spec = _spec(plan, task, pair["student"], distilled[0], epochs=conf["epochs"], teacher=teacher)
+            _sweep(spec, {"method": distilled}, plan["final_seeds"], where / "distilled", parallel)
+
+
+def _final_cell(out: Path, task: str, pair_name: str, method_spec: dict[str, Any]) -> dict[str, Any] | None:
+    where = out / "final" / task / pair_name
+    if method_spec["name"] == "ce":
+        cells = _summary(where / "ce")
+        return cells[0] if cells else None
+    return next((c for c in _summary(where / "distilled") if c["values"].get("method") == method_spec), None)
 
 
 def _fmt(cell: dict[str, Any] | None) -> str:
@@ -172,8 +185,7 @@ def report(plan: dict[str, Any], out: Path) -> str:
         for row in chosen:
             cells = []
             for pair_name in plan["pairs"]:
-                summary = _summary(out / "final" / task / pair_name / cell_slug({"row": row}))
-                cell = summary[0] if summary else None
+                cell = _final_cell(out, task, pair_name, chosen[row])
                 cells.append(_fmt(cell))
                 if cell and cell["val_top1"]["mean"] is not None:
                     overall[row].append(cell["val_top1"]["mean"])
