@@ -51,8 +51,8 @@ _DESCRIPTIONS = {
     422: "The request or its document is invalid; `errors` names the fields (`validation_error`, "
          "`invalid_spec`, ...).",
     429: "A per-owner cap is reached (`too_many_active_jobs`, ...); retry after `Retry-After` seconds.",
-    503: "A dependency is unavailable: `database_unavailable` (retry after `Retry-After` seconds), or "
-         "`not_ready` on /readyz.",
+    503: "A dependency is unavailable: `database_unavailable` or `storage_unavailable` (retry after "
+         "`Retry-After` seconds), or `not_ready` on /readyz.",
 }
 _RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait before retrying.", "schema": {"type": "integer"}}}
 _HEADERS: dict[int, dict[str, Any]] = {

@@ -18,6 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from jobs.db import database_unavailable
 from jobs.errors import DomainError, InUse, InvalidInput, InvalidState, LimitExceeded, NotFound
+from jobs.storage import StorageError
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 _log = logging.getLogger("hcd.api.problems")
@@ -45,7 +46,7 @@ class DatabaseUnavailable(Exception):
 
 
 _DOMAIN_STATUS: dict[type[DomainError], int] = {
-    NotFound: 404, InvalidState: 409, InUse: 409, LimitExceeded: 429, InvalidInput: 422,
+    NotFound: 404, InvalidState: 409, InUse: 409, LimitExceeded: 429, InvalidInput: 422, StorageError: 503,
 }
 
 
@@ -124,6 +125,8 @@ def install_problem_handlers(app: FastAPI) -> None:
         errors: list[dict[str, str]] | None = None
         if isinstance(exc, LimitExceeded):
             headers = {"Retry-After": str(exc.retry_after)}
+        elif isinstance(exc, StorageError):
+            headers = {"Retry-After": str(request.app.state.settings.database_retry_after_seconds)}
         if isinstance(exc, InvalidInput):
             errors = exc.errors
         elif exc.loc:

@@ -194,12 +194,16 @@ class S3Store:
     def _filesystem(endpoint_url: str | None = None) -> Any:
         import s3fs
 
-        return s3fs.S3FileSystem(
+        fs = s3fs.S3FileSystem(
             skip_instance_cache=True, use_listings_cache=False,
             client_kwargs={"endpoint_url": endpoint_url} if endpoint_url else {},
             config_kwargs={"signature_version": "s3v4", "connect_timeout": 10, "read_timeout": 120,
-                           "retries": {"max_attempts": 5, "mode": "standard"}},
+                           "retries": {"max_attempts": 3, "mode": "standard"}},  # AWS SDKs' default
         )
+        # botocore retries (above); s3fs's own loop around them (5 by default) would multiply them, and an
+        # unreachable store would hold a request for ~25 attempts before its 503.
+        fs.retries = 1
+        return fs
 
     @property
     def fs(self) -> Any:

@@ -33,11 +33,13 @@ from dataclasses import dataclass
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, start_http_server
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 
+from jobs.status import TERMINAL
+
 _log = logging.getLogger("hcd.worker.prometheus")
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 ATTEMPT_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 14400, 43200, 86400, 259200, 604800)
-OUTCOMES = ("succeeded", "failed", "cancelled", "handed_back", "lease_lost", "crashed", "unknown")
+OUTCOMES = (*sorted(s.value for s in TERMINAL), "handed_back", "lease_lost", "crashed", "unknown")
 _NVIDIA_SMI_SECONDS = 5.0
 _MIB = 1024 * 1024
 

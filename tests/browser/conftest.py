@@ -55,8 +55,10 @@ def chromium_path() -> str | None:
     return path if Path(path).exists() else shutil.which("chromium")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser():
+    """Per module, not per session: Playwright's sync API keeps an asyncio loop running in this thread
+    while it is started, and later tests that call asyncio.run() would fail under it."""
     sync_api = pytest.importorskip("playwright.sync_api",
                                    reason="Playwright is a dev dependency: pip install -e '.[dev]'")
     executable = chromium_path()

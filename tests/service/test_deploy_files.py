@@ -106,6 +106,35 @@ def test_backing_services_have_healthchecks_and_volumes(compose):
         assert services[name]["depends_on"]["redis"]["condition"] == "service_healthy"
 
 
+def test_api_and_worker_use_the_minio_bucket_created_at_start(compose):
+    """The object store: MinIO, its bucket made by a one-shot `mc`, and the store settings of api and worker."""
+    services = compose["services"]
+    minio, init = services["minio"], services["minio-init"]
+    assert minio["image"].startswith("minio/minio") and "mc ready" in " ".join(minio["healthcheck"]["test"])
+    assert minio["command"][:2] == ["server", "/data"] and any(v.endswith(":/data") for v in minio["volumes"])
+    assert init["image"].startswith("minio/mc") and init["restart"] == "no"
+    assert init["depends_on"]["minio"]["condition"] == "service_healthy"
+    script = " ".join(init["command"])
+    creds = {k: _env(minio)[k] for k in ("MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD")}
+    assert {k: _env(init)[k] for k in creds} == creds
+    for name in ("api", "worker"):
+        service = services[name]
+        env = _env(service)
+        settings = Settings(storage_url=env["HCD_STORAGE_URL"], _env_file=None)  # a valid s3:// URL
+        bucket = settings.storage_url.removeprefix("s3://").split("/")[0]
+        assert f"mc mb --ignore-existing store/{bucket}" in script, f"{name}: nothing creates bucket {bucket!r}"
+        assert env["AWS_ENDPOINT_URL"] == "http://minio:9000" and "http://minio:9000" in script
+        assert "--address" in minio["command"] and minio["command"][minio["command"].index("--address") + 1] == ":9000"
+        assert (env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"]) == (creds["MINIO_ROOT_USER"],
+                                                                          creds["MINIO_ROOT_PASSWORD"])
+        assert env["AWS_DEFAULT_REGION"] and env["HCD_STORAGE_PUBLIC_ENDPOINT_URL"]
+        assert service["depends_on"]["minio-init"]["condition"] == "service_completed_successfully"
+    published = {int(str(p).split(":")[-1]) for p in minio["ports"]}
+    public = services["api"]["environment"]["HCD_STORAGE_PUBLIC_ENDPOINT_URL"]
+    assert 9000 in published and public.rstrip("}").endswith(":9000")  # presigned URLs reach minio's port
+    assert "miniodata" in compose["volumes"]
+
+
 def test_worker_reserves_one_gpu(compose):
     devices = compose["services"]["worker"]["deploy"]["resources"]["reservations"]["devices"]
     assert devices == [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]

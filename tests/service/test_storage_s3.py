@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
 import signal
 import uuid
 from dataclasses import dataclass
@@ -59,9 +60,10 @@ class S3:
 
 
 @pytest.fixture(scope="module")
-def s3():
+def s3(service_env):
     """moto's S3 server on a free local port, a fresh bucket, and the AWS_* variables that reach it (set
-    in this process too, for the stores the tests make themselves)."""
+    in this process too, for the stores the tests make themselves, until the module ends; after
+    service_env, which other modules' processes inherit)."""
     import logging
 
     from moto.server import ThreadedMotoServer
@@ -425,3 +427,21 @@ def test_students_worker_fetches_its_teacher_jobs_weights_through_the_store(
     # The worker loaded it from its cache (content-addressed), fetched from the bucket.
     assert (host / "work" / "cache" / teacher_sha).is_file()
     assert http.get(f"/jobs/{teacher}").json()["status"] == "succeeded"
+
+
+def test_an_unreachable_store_is_a_503_that_names_no_endpoint(s3_settings, api_owner, auth_headers, monkeypatch):
+    """The bucket's endpoint stops answering: downloads and uploads get 503 `storage_unavailable` with
+    Retry-After (a retry may succeed), never a 500, and the message names neither endpoint nor bucket."""
+    from api.app import create_app
+
+    job_id, _ = _stored_job(s3_settings, api_owner, {"model_card.json": b"{}"})
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    monkeypatch.setenv("AWS_ENDPOINT_URL", dead)
+    with TestClient(create_app(s3_settings), raise_server_exceptions=False) as client:
+        r = client.get(f"/jobs/{job_id}/artifacts/model_card.json", headers=auth_headers)
+        assert_problem(r, 503, "storage_unavailable")
+        assert int(r.headers["retry-after"]) > 0
+        for leak in (dead, "127.0.0.1", s3_settings.storage_url or "s3://", str(s3_settings.data_dir)):
+            assert leak not in r.text
