@@ -10,8 +10,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import socket
 import signal
+import socket
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
