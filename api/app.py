@@ -18,7 +18,7 @@ from api.docs import install_docs
 from api.openapi import install_openapi
 from api.problems import install_problem_handlers
 from api.prometheus import install_metrics, process_exiting
-from api.routes import health, jobs, models, sweeps
+from api.routes import datasets, health, jobs, models, sweeps
 from api.routes.dashboard import router as dashboard_router
 from jobs.db import database
 from jobs.keys import ensure_bootstrap_key
@@ -110,12 +110,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.sse_keepalive_seconds = 15.0
     install_problem_handlers(app)
     app.add_middleware(BodySizeLimit, default=settings.max_request_bytes,
-                       by_prefix={"/models": settings.max_upload_bytes + UPLOAD_FORM_OVERHEAD})
+                       by_prefix={"/models": settings.max_upload_bytes + UPLOAD_FORM_OVERHEAD,
+                                  "/datasets": settings.max_dataset_bytes + UPLOAD_FORM_OVERHEAD})
     install_metrics(app)  # outermost middleware: also counts what BodySizeLimit refuses
     install_docs(app)
     app.include_router(health.router)
     app.include_router(jobs.router)
     app.include_router(models.router)
+    app.include_router(datasets.router)
     app.include_router(sweeps.router)
     app.include_router(dashboard_router)  # `/` (the web dashboard) and `/static/...`
 

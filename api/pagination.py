@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import uuid
+from datetime import datetime
 from typing import Any
 
 from api.problems import ProblemError
@@ -18,11 +20,14 @@ def encode_cursor(*values: Any) -> str:
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
 
 
+def bad_cursor() -> ProblemError:
+    return ProblemError(422, "validation_error", "invalid cursor",
+                        errors=[{"loc": "query.after", "msg": "not a cursor from this API"}])
+
+
 def decode_cursor(cursor: str, types: tuple[type, ...]) -> list[Any]:
     """The cursor's values, each checked to be of `types`; a bad cursor is a 422, never a 500."""
-    bad = ProblemError(
-        422, "validation_error", "invalid cursor", errors=[{"loc": "query.after", "msg": "not a cursor from this API"}]
-    )
+    bad = bad_cursor()
     if len(cursor) > 512:
         raise bad
     try:
@@ -39,3 +44,19 @@ def decode_cursor(cursor: str, types: tuple[type, ...]) -> list[Any]:
     if any(isinstance(v, int) and not -(2**63) <= v < 2**63 for v in values):
         raise bad
     return values
+
+
+def newest_first_cursor(row_created_at: datetime, row_id: Any) -> str:
+    """The cursor after one row of a list ordered by (created_at, id) descending."""
+    return encode_cursor(row_created_at.isoformat(), str(row_id))
+
+
+def decode_newest_first(after: str | None) -> tuple[datetime, uuid.UUID] | None:
+    """The (created_at, id) a newest-first page continues below; None for the first page."""
+    if not after:
+        return None
+    created_iso, row_id = decode_cursor(after, (str, str))
+    try:
+        return datetime.fromisoformat(created_iso), uuid.UUID(row_id)
+    except ValueError:
+        raise bad_cursor() from None

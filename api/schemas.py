@@ -113,6 +113,24 @@ class ModelList(Page):
     data: list[ModelOut]
 
 
+class DatasetOut(BaseModel):
+    id: uuid.UUID
+    object: Literal["dataset"] = "dataset"
+    name: str
+    classes: list[str]
+    num_classes: int
+    num_train: int
+    num_val: int
+    filename: str
+    size: int
+    sha256: str
+    created_at: datetime
+
+
+class DatasetList(Page):
+    data: list[DatasetOut]
+
+
 class Health(BaseModel):
     status: str
     checks: dict[str, str] | None = None

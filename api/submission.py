@@ -20,6 +20,7 @@ from hcd_core.resources import estimate_memory
 from hcd_core.spec import JobSpec
 from hcd_core.sweep import SweepError, expand
 from hcd_core.validation import error_locations
+from jobs.datasets import DatasetRef, resolve_dataset
 from jobs.errors import InvalidInput
 from jobs.jsonutil import all_strings_storable
 from jobs.repository import JobRepository, NewJob
@@ -151,13 +152,14 @@ def create_job(repo: JobRepository, store: ArtifactStore, settings: Settings, ow
         return found, True
     check_dataset_root(spec, settings)
     check_memory(spec, settings)
-    teacher = None
-    if spec.teacher is not None and spec.teacher.weights.source != "timm":
-        with repo.db.session() as session:
+    teacher = dataset = None
+    with repo.db.session() as session:
+        if spec.teacher is not None and spec.teacher.weights.source != "timm":
             teacher = resolve_teacher(session, store, owner, spec, allow_pending=True)
+        dataset = resolve_dataset(session, store, owner, spec)
     new = NewJob(owner=owner, spec=spec.resolved().model_dump(mode="json"), metadata=metadata, request_hash=digest,
                  idempotency_key=idempotency_key, teacher_job_id=teacher.job_id if teacher else None,
-                 teacher_model_id=teacher.model_id if teacher else None)
+                 teacher_model_id=teacher.model_id if teacher else None, dataset_id=dataset.id if dataset else None)
     job = repo.create(new, max_attempts=settings.max_attempts, runtime_limit_seconds=settings.job_runtime_limit_seconds,
                       queued_cap=settings.max_queued_jobs_per_owner)
     if job is not None:
@@ -225,6 +227,7 @@ def create_sweep(sweeps: SweepRepository, store: ArtifactStore, settings: Settin
         return found[1], True
     runs: list[NewJob] = []
     teachers: dict[str, TeacherRef | None] = {}
+    datasets: dict[str, DatasetRef | None] = {}
     with sweeps.db.session() as session:
         for cell in cells:
             for spec in cell.specs:
@@ -235,12 +238,16 @@ def create_sweep(sweeps: SweepRepository, store: ArtifactStore, settings: Settin
                     if ref_key not in teachers:
                         teachers[ref_key] = (resolve_teacher(session, store, owner, spec, allow_pending=True)
                                              if spec.teacher and spec.teacher.weights.source != "timm" else None)
+                    data_key = str(spec.dataset.dataset_id)
+                    if data_key not in datasets:
+                        datasets[data_key] = resolve_dataset(session, store, owner, spec)
                 except InvalidInput as err:
                     raise _prefixed(err, f"cells.{cell.index}.spec") from None
-                teacher = teachers[ref_key]
+                teacher, dataset = teachers[ref_key], datasets[data_key]
                 runs.append(NewJob(owner=owner, spec=spec.resolved().model_dump(mode="json"), metadata=metadata,
                                    sweep_cell=cell.index, teacher_job_id=teacher.job_id if teacher else None,
-                                   teacher_model_id=teacher.model_id if teacher else None))
+                                   teacher_model_id=teacher.model_id if teacher else None,
+                                   dataset_id=dataset.id if dataset else None))
     new = NewSweep(owner=owner, base=base, grid=grid, seeds=seeds, metadata=metadata, request_hash=digest,
                    idempotency_key=idempotency_key,
                    cells=[{"index": cell.index, "values": cell.values} for cell in cells])

@@ -32,6 +32,7 @@ _COMMANDS: dict[str, str] = {
     "delete": "hcd_cli.client_cmds",
     "download": "hcd_cli.client_cmds",
     "models": "hcd_cli.model_cmds",  # teachers uploaded to the service
+    "datasets": "hcd_cli.dataset_cmds",  # image-folder datasets uploaded to the service
     "sweep": "hcd_cli.sweep_cmds",  # a grid x seeds: locally (hcd train subprocesses) or on the service
 }
 

@@ -442,8 +442,14 @@ def build_data(
         train = TensorBatches(xtr, ytr, image_size=size, norm=norm, batch_size=batch_size, augment=augment, train=True)
         val = TensorBatches(xva, yva, image_size=size, norm=norm, batch_size=eval_bs, train=False)
     else:
-        root = resolve_root(spec.root, data_root)
-        assert root is not None  # the spec requires a root for file datasets
+        if spec.dataset_id is not None:  # an uploaded dataset: the service unpacked it at data_root
+            if data_root is None:
+                raise DatasetUnavailable("dataset.dataset_id names a dataset uploaded to the service; "
+                                         "locally, give dataset.root")
+            root: Path | None = Path(data_root)
+        else:
+            root = resolve_root(spec.root, data_root)
+        assert root is not None  # the spec requires a root (or a dataset_id) for file datasets
         base_tr, base_va, names, dnorm = _file_datasets(spec, root)
         if spec.eval_split == "holdout":  # one base dataset: transforms are applied by LoaderBatches
             keep, out = holdout_split(len(base_tr))

@@ -7,6 +7,7 @@ Training fields left out are filled from the named recipe by `JobSpec.resolved()
 
 from __future__ import annotations
 
+import uuid
 from typing import Annotated, Any, Literal, TypeVar, Union, get_args
 
 from pydantic import Field, model_validator
@@ -89,6 +90,9 @@ class DatasetSpec(SpecModel):
     name: DatasetName
     image_size: ImageSize = 32
     root: Annotated[str, Field(min_length=1, max_length=1024)] | None = None
+    # imagefolder: a dataset uploaded to the service (POST /datasets), instead of a root; the worker
+    # unpacks it and gives its folder to the engine as `data_root`.
+    dataset_id: uuid.UUID | None = None
     download: bool = False  # torchvision download for cifar; users' hosts only
     # synthetic only: a learnable random task of this shape (None: 10 classes, 2000 / 500, noise 0.2)
     num_classes: Annotated[int, Field(ge=2, le=1000)] | None = None
@@ -101,8 +105,14 @@ class DatasetSpec(SpecModel):
 
     @model_validator(mode="after")
     def _check(self) -> "DatasetSpec":
-        if self.name in ("cifar10", "cifar100", "imagefolder") and self.root is None:
-            raise ValueError(f"dataset.root is required for dataset {self.name!r}")
+        if self.dataset_id is not None:
+            if self.name != "imagefolder":
+                raise ValueError("dataset.dataset_id applies to the imagefolder dataset only")
+            if self.root is not None:
+                raise ValueError("give dataset.root or dataset.dataset_id, not both")
+        elif self.name in ("cifar10", "cifar100", "imagefolder") and self.root is None:
+            raise ValueError(f"dataset.root is required for dataset {self.name!r}"
+                             + (" (or dataset.dataset_id, an uploaded dataset)" if self.name == "imagefolder" else ""))
         synthetic_only = (self.num_classes, self.train_size, self.val_size, self.noise)
         if self.name != "synthetic" and any(v is not None for v in synthetic_only):
             raise ValueError("dataset.num_classes/train_size/val_size/noise apply to the synthetic dataset only")

@@ -26,7 +26,7 @@ from jobs.jsonutil import json_safe
 from jobs.status import ACTIVE, OWNED, TERMINAL, JobPhase, JobStatus, check_transition, ordered, sources, sql_in
 from jobs.storage import StoredFile
 from jobs.streams import Transition
-from jobs.tables import Artifact, Job, JobEvent, UploadedModel
+from jobs.tables import Artifact, Job, JobEvent, UploadedDataset, UploadedModel
 from jobs.tables import MetricPoint as MetricRow
 
 QUEUED_CHANNEL = "hcd_job_queued"  # NOTIFY'd when a job becomes queued: the outbox relay wakes at once
@@ -84,6 +84,7 @@ class NewJob:
     idempotency_key: str | None = None
     teacher_job_id: uuid.UUID | None = None
     teacher_model_id: uuid.UUID | None = None
+    dataset_id: uuid.UUID | None = None
     sweep_cell: int | None = None
 
 
@@ -118,12 +119,13 @@ class Outcome:
 
 
 class TeacherGone(InvalidInput):
-    """The teacher a submission names stopped being usable (deleted) while the job was being created."""
+    """The teacher (or the dataset) a submission names was deleted while the job was being created."""
 
-    def __init__(self) -> None:
-        reason = "the teacher was deleted while the job was being submitted"
-        super().__init__(f"invalid spec: teacher.weights: {reason}", code="teacher_not_found",
-                         errors=[{"loc": "teacher.weights", "msg": reason}])
+    def __init__(self, what: str = "teacher") -> None:
+        loc = "teacher.weights" if what == "teacher" else "dataset.dataset_id"
+        reason = f"the {what} was deleted while the job was being submitted"
+        super().__init__(f"invalid spec: {loc}: {reason}", code=f"{what}_not_found",
+                         errors=[{"loc": loc, "msg": reason}])
 
 
 def insert_params(new: Sequence[NewJob], *, owner: str, metadata: dict[str, str], max_attempts: int,
@@ -132,7 +134,8 @@ def insert_params(new: Sequence[NewJob], *, owner: str, metadata: dict[str, str]
     return {
         "ids": [uuid.uuid4() for _ in new], "specs": [Jsonb(n.spec) for n in new],
         "cells": [n.sweep_cell for n in new], "teacher_jobs": [n.teacher_job_id for n in new],
-        "teacher_models": [n.teacher_model_id for n in new], "count": len(new),
+        "teacher_models": [n.teacher_model_id for n in new], "datasets": [n.dataset_id for n in new],
+        "count": len(new),
         "owner": owner, "metadata": Jsonb(metadata), "max_attempts": max_attempts,
         "runtime_limit": runtime_limit_seconds, "cap": queued_cap, "key": key, "hash": request_hash,
         "sweep": sweep_id,
@@ -141,12 +144,12 @@ def insert_params(new: Sequence[NewJob], *, owner: str, metadata: dict[str, str]
 
 def inserted_jobs(rows: Sequence[Sequence[Any]], queued_cap: int, count: int) -> list[dict[str, Any]]:
     """The job documents INSERT_JOBS returned; raises when it inserted nothing for a reason."""
-    queued, usable = rows[0][0], rows[0][1]
+    queued, gone = rows[0][0], rows[0][1]
     jobs = [job_document(row[2:]) for row in rows if row[2] is not None]
     if jobs:
         return jobs
-    if not usable:
-        raise TeacherGone()
+    if gone is not None:
+        raise TeacherGone(gone)
     if queued + count > queued_cap:
         raise LimitExceeded(
             f"you have {queued} queued jobs and the limit is {queued_cap}; wait for some to start or cancel some",
@@ -165,13 +168,15 @@ def _event(job_id: uuid.UUID | str, attempt: int, type_: str, data: dict[str, An
 
 # Inserts the new jobs (arrays, one element per job) unless the owner's queued jobs would exceed the
 # cap. It runs after the owner's advisory lock in the same transaction, so under READ COMMITTED the
-# count already sees any competing submission committed meanwhile. Teacher jobs and models named by
-# the specs are locked FOR KEY SHARE (they cannot be deleted until this transaction ends; one deleted
-# just before makes `usable` false). A teacher job that has not succeeded yet is fine: the student waits.
+# count already sees any competing submission committed meanwhile. The teacher jobs, models and uploaded
+# datasets the specs name are locked FOR KEY SHARE (they cannot be deleted until this transaction ends;
+# one deleted just before makes `usable.gone` name it). A teacher job that has not succeeded yet is
+# fine: the student waits.
 INSERT_JOBS = f"""
 WITH new AS (
     SELECT * FROM unnest(%(ids)s::uuid[], %(specs)s::jsonb[], %(cells)s::int[], %(teacher_jobs)s::uuid[],
-                         %(teacher_models)s::uuid[]) AS new(id, spec, cell, teacher_job, teacher_model)
+                         %(teacher_models)s::uuid[], %(datasets)s::uuid[])
+                  AS new(id, spec, cell, teacher_job, teacher_model, dataset)
 ), queued AS (
     SELECT count(*) AS n FROM jobs WHERE owner = %(owner)s AND {sql_in([JobStatus.QUEUED])}
 ), teacher_jobs AS (
@@ -179,30 +184,35 @@ WITH new AS (
       AND {sql_in(_TEACHER_USABLE)} FOR KEY SHARE
 ), teacher_models AS (
     SELECT id FROM uploaded_models WHERE id IN (SELECT teacher_model FROM new) AND owner = %(owner)s FOR KEY SHARE
+), datasets AS (
+    SELECT id FROM datasets WHERE id IN (SELECT dataset FROM new) AND owner = %(owner)s FOR KEY SHARE
 ), usable AS (
-    SELECT NOT EXISTS (
-        SELECT 1 FROM new
-        WHERE (teacher_job IS NOT NULL AND teacher_job NOT IN (SELECT id FROM teacher_jobs))
-           OR (teacher_model IS NOT NULL AND teacher_model NOT IN (SELECT id FROM teacher_models))
-    ) AS ok
+    SELECT CASE
+        WHEN EXISTS (SELECT 1 FROM new
+                     WHERE (teacher_job IS NOT NULL AND teacher_job NOT IN (SELECT id FROM teacher_jobs))
+                        OR (teacher_model IS NOT NULL AND teacher_model NOT IN (SELECT id FROM teacher_models)))
+            THEN 'teacher'
+        WHEN EXISTS (SELECT 1 FROM new WHERE dataset IS NOT NULL AND dataset NOT IN (SELECT id FROM datasets))
+            THEN 'dataset'
+    END AS gone
 ), job AS (
     INSERT INTO jobs (id, owner, status, phase, attempt, max_attempts, spec, metadata, progress, latest_metrics,
                       cancel_requested, runtime_limit_seconds, idempotency_key, request_hash,
-                      teacher_job_id, teacher_model_id, sweep_id, sweep_cell)
+                      teacher_job_id, teacher_model_id, dataset_id, sweep_id, sweep_cell)
     SELECT new.id, %(owner)s, '{JobStatus.QUEUED.value}',
            CASE WHEN tj.status IS NULL OR tj.status = '{JobStatus.SUCCEEDED.value}' THEN NULL
                 ELSE '{JobPhase.WAITING_FOR_TEACHER.value}' END,
            0, %(max_attempts)s, new.spec, %(metadata)s, '{{}}', '{{}}', false, %(runtime_limit)s, %(key)s,
-           %(hash)s, new.teacher_job, new.teacher_model, %(sweep)s, new.cell
+           %(hash)s, new.teacher_job, new.teacher_model, new.dataset, %(sweep)s, new.cell
     FROM new LEFT JOIN teacher_jobs tj ON tj.id = new.teacher_job CROSS JOIN queued CROSS JOIN usable
-    WHERE queued.n + %(count)s <= %(cap)s AND usable.ok
+    WHERE queued.n + %(count)s <= %(cap)s AND usable.gone IS NULL
     ON CONFLICT DO NOTHING
     RETURNING {JOB_COLUMNS}
 ), event AS (
     INSERT INTO job_events (job_id, type, attempt, data)
     SELECT id, 'status', 0, jsonb_build_object('status', status, 'phase', phase) FROM job
 )
-SELECT queued.n, usable.ok, job.* FROM queued CROSS JOIN usable LEFT JOIN job ON true
+SELECT queued.n, usable.gone, job.* FROM queued CROSS JOIN usable LEFT JOIN job ON true
 """
 OWNER_LOCK = "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))"
 # One claim at a time (claims are rare: one per job start), so the fair order and the per-owner running
@@ -494,6 +504,51 @@ class JobRepository:
                 raise NotFound("model not found")
             self._refuse_if_teacher_in_use(session, Job.teacher_model_id == model_id, "model")
             session.execute(delete(UploadedModel).where(UploadedModel.id == model_id))
+        return key
+
+    # ------------------------------------------------------------------ uploaded datasets
+    def add_dataset(self, dataset: UploadedDataset) -> UploadedDataset:
+        with self.db.session() as session:
+            session.add(dataset)
+            session.flush()
+            session.refresh(dataset)
+        return dataset
+
+    def list_datasets(self, owner: str, *, before: tuple[datetime, uuid.UUID] | None,
+                      limit: int) -> list[UploadedDataset]:
+        query = select(UploadedDataset).where(UploadedDataset.owner == owner)
+        if before is not None:
+            query = query.where(tuple_(UploadedDataset.created_at, UploadedDataset.id) < tuple_(*before))
+        with self.db.session() as session:
+            return list(session.execute(
+                query.order_by(UploadedDataset.created_at.desc(), UploadedDataset.id.desc()).limit(limit)).scalars())
+
+    def get_dataset(self, owner: str, dataset_id: uuid.UUID) -> UploadedDataset:
+        with self.db.session() as session:
+            dataset = session.execute(
+                select(UploadedDataset).where(UploadedDataset.id == dataset_id, UploadedDataset.owner == owner)
+            ).scalar_one_or_none()
+        if dataset is None:
+            raise NotFound("dataset not found")
+        return dataset
+
+    def delete_dataset(self, owner: str, dataset_id: uuid.UUID) -> str:
+        """Remove a dataset's row (refused while an active job reads it); returns its archive's key."""
+        with self.db.session() as session:
+            key = session.execute(
+                select(UploadedDataset.path)
+                .where(UploadedDataset.id == dataset_id, UploadedDataset.owner == owner).with_for_update()
+            ).scalar_one_or_none()
+            if key is None:
+                raise NotFound("dataset not found")
+            readers = session.execute(
+                select(Job.id).where(Job.dataset_id == dataset_id, Job.status.in_(_ACTIVE))
+                .order_by(Job.created_at).limit(5)
+            ).scalars().all()
+            if readers:
+                raise InUse(f"this dataset is read by active jobs ({', '.join(str(j) for j in readers)}); wait for "
+                            "them or cancel them", code="dataset_in_use")
+            session.execute(delete(UploadedDataset).where(UploadedDataset.id == dataset_id))
         return key
 
     # ------------------------------------------------------------------ an attempt's life (worker)

@@ -8,11 +8,13 @@ or any other source botocore reads. Objects, under `s3://bucket/prefix/`:
     checkpoints/<job>/attempt-<n>/checkpoint.pt      the latest checkpoint of attempt n...
     checkpoints/<job>/attempt-<n>/metrics.jsonl      ...and the metrics log as it was when it was saved
     uploads/<model>.safetensors                      uploaded teachers
+    uploads/<dataset>.zip | .tar.gz                  uploaded datasets
 
 Local files (`HCD_WORK_DIR`, default `HCD_DATA_DIR/work`), this host's only:
 
     jobs/<job>/attempt-<n>/output/, checkpoint/      what a running attempt writes (the engine's dirs)
-    cache/<sha256>                                   teachers fetched from the store, by content
+    cache/<sha256>                                   teachers and datasets fetched from the store, by content
+    datasets/<sha256>/                               uploaded datasets, unpacked (jobs.datasets)
     uploads/                                         uploads being received and checked (API)
 
 Fencing: an attempt only ever writes objects under its own `attempt-<n>/`, and only once its checkpoint
@@ -356,8 +358,8 @@ class S3Store:
         folder.mkdir(parents=True, exist_ok=True)
         return folder
 
-    def store_upload(self, staged: Path, model_id: uuid.UUID | str) -> str:
-        key = f"{model_id}.safetensors"
+    def store_upload(self, staged: Path, upload_id: uuid.UUID | str, suffix: str = ".safetensors") -> str:
+        key = f"{upload_id}{suffix}"
         with _failures_as_storage_error("store an upload"):
             self.fs.put_file(str(staged), self.path("uploads", key), ContentType="application/octet-stream")
         staged.unlink(missing_ok=True)

@@ -70,6 +70,10 @@ class Settings(BaseSettings):
     max_queued_jobs_per_owner: int = Field(1000, ge=1)
     max_request_bytes: int = Field(1_000_000, ge=1024)
     max_upload_bytes: int = Field(2 * 1024**3, ge=1024)
+    # Uploaded datasets: the archive's size, its number of files and its size once unpacked.
+    max_dataset_bytes: int = Field(10 * 1024**3, ge=1)
+    max_dataset_files: int = Field(200_000, ge=1)
+    max_dataset_unpacked_bytes: int = Field(20 * 1024**3, ge=1)
     body_idle_timeout_seconds: float = Field(15.0, gt=0)  # a request body silent this long is dropped
     max_job_memory_gb: float = Field(16.0, gt=0)  # host memory a job's data and batches may need (at least)
 

@@ -139,8 +139,8 @@ class ArtifactStore(Protocol):
         """Where uploads are received (a local directory) before they are checked."""
         ...
 
-    def store_upload(self, staged: Path, model_id: uuid.UUID | str) -> str:
-        """Move a checked upload into the store; returns its key."""
+    def store_upload(self, staged: Path, upload_id: uuid.UUID | str, suffix: str = ".safetensors") -> str:
+        """Move a checked upload (a teacher, or a dataset's archive) into the store; returns its key."""
         ...
 
     def upload_exists(self, key: str) -> bool: ...
@@ -283,8 +283,8 @@ class LocalStore:
         self.uploads.mkdir(parents=True, exist_ok=True)
         return self.uploads
 
-    def store_upload(self, staged: Path, model_id: uuid.UUID | str) -> str:
-        key = f"{model_id}.safetensors"
+    def store_upload(self, staged: Path, upload_id: uuid.UUID | str, suffix: str = ".safetensors") -> str:
+        key = f"{upload_id}{suffix}"
         staged.replace(self.uploads / key)
         return key
 

@@ -61,6 +61,7 @@ class Job(Base):
     # neither can be deleted while this job is active.
     teacher_job_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
     teacher_model_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
+    dataset_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))  # an uploaded dataset it reads
     # A job of a sweep: the sweep and the index of its cell.
     sweep_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True), ForeignKey("sweeps.id"))
     sweep_cell: Mapped[int | None] = mapped_column(Integer)
@@ -91,6 +92,7 @@ class Job(Base):
         Index("ix_jobs_owner_active", "owner", postgresql_where=ACTIVE_PREDICATE),
         Index("ix_jobs_teacher_job", "teacher_job_id", postgresql_where="teacher_job_id IS NOT NULL"),
         Index("ix_jobs_teacher_model", "teacher_model_id", postgresql_where="teacher_model_id IS NOT NULL"),
+        Index("ix_jobs_dataset", "dataset_id", postgresql_where="dataset_id IS NOT NULL"),
         Index("ix_jobs_sweep", "sweep_id", "sweep_cell", postgresql_where="sweep_id IS NOT NULL"),
         # The fair claim scans the queued jobs, oldest first, and when each owner was last served.
         Index("ix_jobs_queued", "created_at", postgresql_where=sql_in([JobStatus.QUEUED])),
@@ -181,3 +183,23 @@ class UploadedModel(Base):
     size: Mapped[int] = mapped_column(BigInteger, nullable=False)
     sha256: Mapped[str] = mapped_column(String(64), nullable=False)
     created_at: Mapped[datetime] = _now()
+
+
+class UploadedDataset(Base):
+    """An image-folder dataset uploaded as an archive (checked by `jobs.archives`); usable as
+    `{"name": "imagefolder", "dataset_id": ...}`."""
+
+    __tablename__ = "datasets"
+    id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True, default=uuid.uuid4)
+    owner: Mapped[str] = mapped_column(String(128), nullable=False)
+    name: Mapped[str] = mapped_column(String(128), nullable=False)
+    filename: Mapped[str] = mapped_column(String(255), nullable=False)
+    path: Mapped[str] = mapped_column(Text, nullable=False)  # a key of the artifact store (uploads area)
+    size: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    sha256: Mapped[str] = mapped_column(String(64), nullable=False)
+    classes: Mapped[list[str]] = mapped_column(JSONB, nullable=False)
+    num_train: Mapped[int] = mapped_column(Integer, nullable=False)
+    num_val: Mapped[int] = mapped_column(Integer, nullable=False)
+    created_at: Mapped[datetime] = _now()
+
+    __table_args__ = (Index("ix_datasets_owner_created", "owner", "created_at", "id"),)

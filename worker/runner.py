@@ -22,8 +22,9 @@ from typing import Any, TypeVar
 
 from hcd_core.spec import JobSpec
 from hcd_core.types import Progress, RunResult
+from jobs.datasets import resolve_dataset, unpacked_dataset
 from jobs.db import database, database_unavailable
-from jobs.errors import FenceLost
+from jobs.errors import FenceLost, InvalidInput
 from jobs.logs import configure_logging, set_process_job
 from jobs.repository import AttemptJob, JobRepository, Outcome
 from jobs.settings import Settings, get_settings
@@ -107,6 +108,8 @@ def classify(err: BaseException, settings: Settings) -> tuple[str, str, bool]:
         return "out_of_memory", message, False
     if isinstance(err, TeacherError):
         return "invalid_teacher", public_message(f"{err.loc}: {err.reason}", settings), False
+    if isinstance(err, InvalidInput):  # the spec's dataset: gone, or its archive refused on unpacking
+        return "dataset_error", public_message(str(err), settings), False
     if isinstance(err, DatasetUnavailable):
         return "dataset_error", public_message(str(err), settings), False
     if isinstance(err, CheckpointMismatch):
@@ -252,8 +255,12 @@ class Attempt:
         spec = _apply_worker_device(JobSpec.model_validate(self.job.spec), self.settings.worker_device)
         with self.repo.db.session() as session:
             teacher = resolve_teacher(session, self.store, self.job.owner, spec)
+            dataset = resolve_dataset(session, self.store, self.job.owner, spec)
         if teacher is not None:
             teacher = fetch_teacher(self.store, teacher)  # a local file (cached by sha256 on this host)
+        # An uploaded dataset is unpacked on this host (once per sha256) and read from there.
+        data_root = (unpacked_dataset(self.store, dataset, self.settings) if dataset is not None
+                     else Path(self.settings.datasets_dir))
         resuming = self.workspace.restore_checkpoint()
         if resuming:
             _log.info("job %s attempt %d resumes from its checkpoint", self.job_id, self.attempt)
@@ -277,7 +284,7 @@ class Attempt:
         return run_job(spec, output_dir=self.workspace.output_dir, checkpoint_dir=self.workspace.checkpoint_dir,
                        teacher_weights=teacher.weights if teacher else None,
                        teacher_card=teacher.card if teacher else None, hooks=hooks,
-                       data_root=Path(self.settings.datasets_dir))
+                       data_root=data_root)
 
 
 def run_attempt(settings: Settings, job_id: str, attempt: int) -> int:

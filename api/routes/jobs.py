@@ -7,7 +7,6 @@ and shapes the answer.
 from __future__ import annotations
 
 import re
-from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
@@ -17,7 +16,14 @@ from api.artifact_files import blob_response, in_store_thread, redirect_response
 from api.bodies import read_body
 from api.deps import in_db_thread, require_owner
 from api.json_body import json_response
-from api.pagination import DEFAULT_LIMIT, MAX_LIMIT, decode_cursor, encode_cursor
+from api.pagination import (
+    DEFAULT_LIMIT,
+    MAX_LIMIT,
+    decode_cursor,
+    decode_newest_first,
+    encode_cursor,
+    newest_first_cursor,
+)
 from api.problems import ProblemError
 from api.schemas import ArtifactList, EventList, JobList, JobOut, MetricList
 from api.sse import ENTRY_ID, job_event_stream
@@ -39,11 +45,6 @@ def check_json_content_type(request: Request) -> None:
     content_type = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
     if content_type != "application/json" and not content_type.endswith("+json"):
         raise ProblemError(415, "unsupported_media_type", "send the request body as application/json")
-
-
-def bad_cursor() -> ProblemError:
-    return ProblemError(422, "validation_error", "invalid cursor",
-                        errors=[{"loc": "query.after", "msg": "not a cursor from this API"}])
 
 
 @router.post(
@@ -95,18 +96,12 @@ async def list_jobs(
     after: Annotated[str | None, Query(max_length=512, description="`next_cursor` of the previous page")] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
 ) -> Response:
-    before = None
-    if after:
-        created_iso, job_id = decode_cursor(after, (str, str))
-        try:
-            before = (datetime.fromisoformat(created_iso), parse_uuid(job_id))
-        except (ValueError, ProblemError):
-            raise bad_cursor() from None
+    before = decode_newest_first(after)
     sweep = parse_uuid(sweep_id, "sweep") if sweep_id else None
     rows = await in_db_thread(request, lambda: request.app.state.repo.list_jobs(
         owner, statuses=status or (), sweep_id=sweep, before=before, limit=limit + 1))
     page, has_more = rows[:limit], len(rows) > limit
-    cursor = encode_cursor(page[-1]["created_at"].isoformat(), str(page[-1]["id"])) if has_more else None
+    cursor = newest_first_cursor(page[-1]["created_at"], page[-1]["id"]) if has_more else None
     return json_response({"data": page, "has_more": has_more, "next_cursor": cursor})
 
 

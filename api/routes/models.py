@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 import uuid
-from datetime import datetime
 from typing import Annotated, Any
 
 import anyio
@@ -16,8 +15,7 @@ from api.artifact_files import in_store_thread
 from api.bodies import body_chunks
 from api.deps import in_db_thread, require_owner
 from api.json_body import json_response
-from api.pagination import DEFAULT_LIMIT, MAX_LIMIT, decode_cursor, encode_cursor
-from api.problems import ProblemError
+from api.pagination import DEFAULT_LIMIT, MAX_LIMIT, decode_newest_first, newest_first_cursor
 from api.schemas import ModelList, ModelOut
 from api.submission import parse_uuid
 from api.uploads import check_fits_model, invalid_upload, receive_upload
@@ -136,18 +134,11 @@ async def list_models(
     after: Annotated[str | None, Query(max_length=512)] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
 ) -> Response:
-    before = None
-    if after:
-        created_iso, model_id = decode_cursor(after, (str, str))
-        try:
-            before = (datetime.fromisoformat(created_iso), uuid.UUID(model_id))
-        except ValueError:
-            raise ProblemError(422, "validation_error", "invalid cursor",
-                               errors=[{"loc": "query.after", "msg": "not a cursor from this API"}]) from None
+    before = decode_newest_first(after)
     rows = await in_db_thread(request, lambda: request.app.state.repo.list_models(owner, before=before,
                                                                                  limit=limit + 1))
     page, has_more = rows[:limit], len(rows) > limit
-    cursor = encode_cursor(page[-1].created_at.isoformat(), str(page[-1].id)) if has_more else None
+    cursor = newest_first_cursor(page[-1].created_at, page[-1].id) if has_more else None
     return json_response({"data": [model_to_dict(m) for m in page], "has_more": has_more, "next_cursor": cursor})
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
@@ -12,9 +11,9 @@ from api.artifact_files import in_store_thread
 from api.bodies import read_body
 from api.deps import in_db_thread, require_owner
 from api.json_body import json_response
-from api.pagination import DEFAULT_LIMIT, MAX_LIMIT, decode_cursor, encode_cursor
+from api.pagination import DEFAULT_LIMIT, MAX_LIMIT, decode_newest_first, newest_first_cursor
 from api.problems import ProblemError
-from api.routes.jobs import IDEMPOTENCY_KEY, bad_cursor, check_json_content_type
+from api.routes.jobs import IDEMPOTENCY_KEY, check_json_content_type
 from api.schemas import SweepList, SweepOut
 from api.submission import create_sweep, parse_json_body, parse_uuid
 
@@ -61,17 +60,11 @@ async def list_sweeps(
     after: Annotated[str | None, Query(max_length=512, description="`next_cursor` of the previous page")] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
 ) -> Response:
-    before = None
-    if after:
-        created_iso, sweep_id = decode_cursor(after, (str, str))
-        try:
-            before = (datetime.fromisoformat(created_iso), parse_uuid(sweep_id, "sweep"))
-        except (ValueError, ProblemError):
-            raise bad_cursor() from None
+    before = decode_newest_first(after)
     rows = await in_db_thread(request, lambda: request.app.state.sweeps.list_sweeps(owner, before=before,
                                                                                    limit=limit + 1))
     page, has_more = rows[:limit], len(rows) > limit
-    cursor = encode_cursor(page[-1]["created_at"].isoformat(), str(page[-1]["id"])) if has_more else None
+    cursor = newest_first_cursor(page[-1]["created_at"], page[-1]["id"]) if has_more else None
     return json_response({"data": page, "has_more": has_more, "next_cursor": cursor})
 
 

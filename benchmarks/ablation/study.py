@@ -79,11 +79,25 @@ def _teacher_weights(out: Path, task: str, arch: str) -> dict[str, Any]:
 
 
 def stage_teachers(plan: dict[str, Any], out: Path, parallel: int) -> None:
-    archs = sorted({pair["teacher"] for pair in plan["pairs"].values()})
     for task, conf in plan["tasks"].items():
+        archs = sorted({plan["pairs"][pair]["teacher"] for t, pair in combos(plan) if t == task})
+        if not archs:
+            continue
         epochs = round(conf["epochs"] * plan["teacher_epochs_factor"])
         spec = _spec(plan, task, archs[0], {"name": "ce"}, epochs=epochs)
         _sweep(spec, {"student.arch": archs}, [0], out / "teachers" / task, parallel)
+
+
+def combos(plan: dict[str, Any]) -> list[tuple[str, str]]:
+    """The (task, pair) combinations the plan runs: `combos` when it lists them, else every task x pair."""
+    if plan.get("combos"):
+        return [(task, pair) for task, pair in plan["combos"]]
+    return [(task, pair) for task in plan["tasks"] for pair in plan["pairs"]]
+
+
+def tune_combos(plan: dict[str, Any]) -> list[tuple[str, str]]:
+    """Where tuning runs: `tune_combos` when the plan lists them, else every combination it runs."""
+    return [(task, pair) for task, pair in plan["tune_combos"]] if plan.get("tune_combos") else combos(plan)
 
 
 def _method_spec(plan: dict[str, Any], name: str) -> dict[str, Any]:
@@ -91,15 +105,15 @@ def _method_spec(plan: dict[str, Any], name: str) -> dict[str, Any]:
 
 
 def stage_tune(plan: dict[str, Any], out: Path, parallel: int) -> None:
-    for task, conf in plan["tasks"].items():
-        for pair_name, pair in plan["pairs"].items():
-            teacher = _teacher_weights(out, task, pair["teacher"])
-            for method, mconf in plan["methods"].items():
-                if not mconf.get("grid"):
-                    continue
-                spec = _spec(plan, task, pair["student"], _method_spec(plan, method), epochs=conf["epochs"],
-                             eval_split="holdout", teacher=teacher)
-                _sweep(spec, mconf["grid"], plan["tune_seeds"], out / "tune" / task / pair_name / method, parallel)
+    for task, pair_name in tune_combos(plan):
+        conf, pair = plan["tasks"][task], plan["pairs"][pair_name]
+        teacher = _teacher_weights(out, task, pair["teacher"])
+        for method, mconf in plan["methods"].items():
+            if not mconf.get("grid"):
+                continue
+            spec = _spec(plan, task, pair["student"], _method_spec(plan, method), epochs=conf["epochs"],
+                         eval_split="holdout", teacher=teacher)
+            _sweep(spec, mconf["grid"], plan["tune_seeds"], out / "tune" / task / pair_name / method, parallel)
 
 
 def tuning_table(plan: dict[str, Any], out: Path) -> dict[str, list[tuple[dict[str, Any], float, int]]]:
@@ -110,13 +124,12 @@ def tuning_table(plan: dict[str, Any], out: Path) -> dict[str, list[tuple[dict[s
             continue
         scores: dict[str, list[float]] = {}
         values: dict[str, dict[str, Any]] = {}
-        for task in plan["tasks"]:
-            for pair_name in plan["pairs"]:
-                for cell in _summary(out / "tune" / task / pair_name / method):
-                    key = json.dumps(cell["values"], sort_keys=True)
-                    values[key] = cell["values"]
-                    if cell["val_top1"]["mean"] is not None:
-                        scores.setdefault(key, []).append(cell["val_top1"]["mean"])
+        for task, pair_name in tune_combos(plan):
+            for cell in _summary(out / "tune" / task / pair_name / method):
+                key = json.dumps(cell["values"], sort_keys=True)
+                values[key] = cell["values"]
+                if cell["val_top1"]["mean"] is not None:
+                    scores.setdefault(key, []).append(cell["val_top1"]["mean"])
         rows = [(values[k], statistics.fmean(v), len(v)) for k, v in scores.items()]
         table[method] = sorted(rows, key=lambda r: -r[1])
     return table
@@ -142,14 +155,14 @@ def stage_final(plan: dict[str, Any], out: Path, parallel: int) -> None:
     final seeds, so that `--parallel` stays busy; `ce` (no teacher) in a sweep of its own."""
     chosen = chosen_configs(plan, out)
     distilled = [spec for spec in chosen.values() if spec["name"] != "ce"]
-    for task, conf in plan["tasks"].items():
-        for pair_name, pair in plan["pairs"].items():
-            where = out / "final" / task / pair_name
-            spec = _spec(plan, task, pair["student"], {"name": "ce"}, epochs=conf["epochs"])
-            _sweep(spec, {}, plan["final_seeds"], where / "ce", parallel)
-            teacher = _teacher_weights(out, task, pair["teacher"])
-            spec = _spec(plan, task, pair["student"], distilled[0], epochs=conf["epochs"], teacher=teacher)
-            _sweep(spec, {"method": distilled}, plan["final_seeds"], where / "distilled", parallel)
+    for task, pair_name in combos(plan):
+        conf, pair = plan["tasks"][task], plan["pairs"][pair_name]
+        where = out / "final" / task / pair_name
+        spec = _spec(plan, task, pair["student"], {"name": "ce"}, epochs=conf["epochs"])
+        _sweep(spec, {}, plan["final_seeds"], where / "ce", parallel)
+        teacher = _teacher_weights(out, task, pair["teacher"])
+        spec = _spec(plan, task, pair["student"], distilled[0], epochs=conf["epochs"], teacher=teacher)
+        _sweep(spec, {"method": distilled}, plan["final_seeds"], where / "distilled", parallel)
 
 
 def _final_cell(out: Path, task: str, pair_name: str, method_spec: dict[str, Any]) -> dict[str, Any] | None:

