@@ -6,6 +6,7 @@ import base64
 import binascii
 import json
 import uuid
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -46,9 +47,14 @@ def decode_cursor(cursor: str, types: tuple[type, ...]) -> list[Any]:
     return values
 
 
-def newest_first_cursor(row_created_at: datetime, row_id: Any) -> str:
-    """The cursor after one row of a list ordered by (created_at, id) descending."""
-    return encode_cursor(row_created_at.isoformat(), str(row_id))
+def newest_first_page(rows: Sequence[Any], limit: int,
+                      to_dict: Callable[[Any], dict[str, Any]] = dict) -> dict[str, Any]:
+    """The page of a list ordered by (created_at, id) descending, from up to `limit + 1` rows (one more
+    than the page says whether there are more); `to_dict` makes each row a document."""
+    data = [to_dict(row) for row in rows[:limit]]
+    has_more = len(rows) > limit
+    cursor = encode_cursor(data[-1]["created_at"].isoformat(), str(data[-1]["id"])) if has_more else None
+    return {"data": data, "has_more": has_more, "next_cursor": cursor}
 
 
 def decode_newest_first(after: str | None) -> tuple[datetime, uuid.UUID] | None:

@@ -14,7 +14,7 @@ from api.artifact_files import in_store_thread
 from api.bodies import body_chunks
 from api.deps import in_db_thread, require_owner
 from api.json_body import json_response
-from api.pagination import DEFAULT_LIMIT, MAX_LIMIT, decode_newest_first, newest_first_cursor
+from api.pagination import DEFAULT_LIMIT, MAX_LIMIT, decode_newest_first, newest_first_page
 from api.schemas import DatasetList, DatasetOut
 from api.submission import parse_uuid
 from api.uploads import invalid_upload, receive_upload
@@ -109,9 +109,7 @@ async def list_datasets(
     before = decode_newest_first(after)
     rows = await in_db_thread(request, lambda: request.app.state.repo.list_datasets(owner, before=before,
                                                                                    limit=limit + 1))
-    page, has_more = rows[:limit], len(rows) > limit
-    cursor = newest_first_cursor(page[-1].created_at, page[-1].id) if has_more else None
-    return json_response({"data": [dataset_to_dict(d) for d in page], "has_more": has_more, "next_cursor": cursor})
+    return json_response(newest_first_page(rows, limit, dataset_to_dict))
 
 
 @router.get("/{dataset_id}", response_model=DatasetOut, summary="Get a dataset",

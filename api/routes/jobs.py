@@ -22,7 +22,7 @@ from api.pagination import (
     decode_cursor,
     decode_newest_first,
     encode_cursor,
-    newest_first_cursor,
+    newest_first_page,
 )
 from api.problems import ProblemError
 from api.schemas import ArtifactList, EventList, JobList, JobOut, MetricList
@@ -100,9 +100,7 @@ async def list_jobs(
     sweep = parse_uuid(sweep_id, "sweep") if sweep_id else None
     rows = await in_db_thread(request, lambda: request.app.state.repo.list_jobs(
         owner, statuses=status or (), sweep_id=sweep, before=before, limit=limit + 1))
-    page, has_more = rows[:limit], len(rows) > limit
-    cursor = newest_first_cursor(page[-1]["created_at"], page[-1]["id"]) if has_more else None
-    return json_response({"data": page, "has_more": has_more, "next_cursor": cursor})
+    return json_response(newest_first_page(rows, limit))
 
 
 @router.get("/{job_id}", response_model=JobOut, response_class=JSONResponse, summary="Get a job",

@@ -15,7 +15,7 @@ from api.artifact_files import in_store_thread
 from api.bodies import body_chunks
 from api.deps import in_db_thread, require_owner
 from api.json_body import json_response
-from api.pagination import DEFAULT_LIMIT, MAX_LIMIT, decode_newest_first, newest_first_cursor
+from api.pagination import DEFAULT_LIMIT, MAX_LIMIT, decode_newest_first, newest_first_page
 from api.schemas import ModelList, ModelOut
 from api.submission import parse_uuid
 from api.uploads import check_fits_model, invalid_upload, receive_upload
@@ -137,9 +137,7 @@ async def list_models(
     before = decode_newest_first(after)
     rows = await in_db_thread(request, lambda: request.app.state.repo.list_models(owner, before=before,
                                                                                  limit=limit + 1))
-    page, has_more = rows[:limit], len(rows) > limit
-    cursor = newest_first_cursor(page[-1].created_at, page[-1].id) if has_more else None
-    return json_response({"data": [model_to_dict(m) for m in page], "has_more": has_more, "next_cursor": cursor})
+    return json_response(newest_first_page(rows, limit, model_to_dict))
 
 
 @router.get("/{model_id}", response_model=ModelOut, summary="Get an uploaded model",

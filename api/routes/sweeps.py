@@ -11,7 +11,7 @@ from api.artifact_files import in_store_thread
 from api.bodies import read_body
 from api.deps import in_db_thread, require_owner
 from api.json_body import json_response
-from api.pagination import DEFAULT_LIMIT, MAX_LIMIT, decode_newest_first, newest_first_cursor
+from api.pagination import DEFAULT_LIMIT, MAX_LIMIT, decode_newest_first, newest_first_page
 from api.problems import ProblemError
 from api.routes.jobs import IDEMPOTENCY_KEY, check_json_content_type
 from api.schemas import SweepList, SweepOut
@@ -63,9 +63,7 @@ async def list_sweeps(
     before = decode_newest_first(after)
     rows = await in_db_thread(request, lambda: request.app.state.sweeps.list_sweeps(owner, before=before,
                                                                                    limit=limit + 1))
-    page, has_more = rows[:limit], len(rows) > limit
-    cursor = newest_first_cursor(page[-1]["created_at"], page[-1]["id"]) if has_more else None
-    return json_response({"data": page, "has_more": has_more, "next_cursor": cursor})
+    return json_response(newest_first_page(rows, limit))
 
 
 @router.get("/{sweep_id}", response_model=SweepOut, summary="A sweep: status, and per cell its jobs and metrics",

@@ -186,18 +186,21 @@ def report(plan: dict[str, Any], out: Path) -> str:
     per_task: dict[str, dict[str, list[float]]] = {task: {row: [] for row in chosen} for task in plan["tasks"]}
     spreads: dict[str, dict[str, list[float]]] = {task: {row: [] for row in chosen} for task in plan["tasks"]}
     for task in plan["tasks"]:
+        pairs = [pair for t, pair in combos(plan) if t == task]
+        if not pairs:
+            continue
         cards = sorted((out / "final" / task).rglob("model_card.json"))
         test_size = json.loads(cards[0].read_text()).get("val_size") if cards else None
         teacher_accs = []
-        for arch in sorted({p["teacher"] for p in plan["pairs"].values()}):
+        for arch in sorted({plan["pairs"][p]["teacher"] for p in pairs}):
             card = out / "teachers" / task / cell_slug({"student.arch": arch}) / "seed-0" / "model_card.json"
             if card.is_file():
                 teacher_accs.append(f"{arch} {json.loads(card.read_text())['final_metrics']['val_top1']:.2f}")
         lines += [f"### {task} (test set: {test_size or '?'} images; teachers: {', '.join(teacher_accs)})", "",
-                  "| method | " + " | ".join(plan["pairs"]) + " |", "|---|" + "---|" * len(plan["pairs"])]
+                  "| method | " + " | ".join(pairs) + " |", "|---|" + "---|" * len(pairs)]
         for row in chosen:
             cells = []
-            for pair_name in plan["pairs"]:
+            for pair_name in pairs:
                 cell = _final_cell(out, task, pair_name, chosen[row])
                 cells.append(_fmt(cell))
                 if cell and cell["val_top1"]["mean"] is not None:

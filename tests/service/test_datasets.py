@@ -73,6 +73,19 @@ def test_upload_get_list_use_and_delete(api_client, auth_headers, other_auth_hea
     assert_problem(api_client.get(f"/datasets/{dataset['id']}", headers=auth_headers), 404, "not_found")
 
 
+def test_list_pages_newest_first(api_client, tmp_path, service_settings):
+    from conftest import _new_key
+
+    headers = {"Authorization": f"Bearer {_new_key(service_settings, 'datasets-pages')}"}
+    archive = make_tar(tmp_path / "pets.tar.gz", GOOD)
+    ids = [_upload(api_client, headers, archive, name=f"pets-{i}").json()["id"] for i in range(3)]
+    first = api_client.get("/datasets", params={"limit": 2}, headers=headers).json()
+    assert [d["id"] for d in first["data"]] == ids[::-1][:2] and first["has_more"]
+    rest = api_client.get("/datasets", params={"limit": 2, "after": first["next_cursor"]}, headers=headers).json()
+    assert [d["id"] for d in rest["data"]] == ids[:1] and not rest["has_more"] and rest["next_cursor"] is None
+    assert_problem(api_client.get("/datasets", params={"after": "garbage"}, headers=headers), 422, "validation_error")
+
+
 def _malicious(kind: str, folder: Path) -> Path:
     if kind == "absolute path":
         return make_zip(folder / "a.zip", {**GOOD, "/tmp/hcd-escaped.png": png()})
