@@ -118,7 +118,7 @@ class Outcome:
     error_message: str | None = None
 
 
-class TeacherGone(InvalidInput):
+class ReferenceGone(InvalidInput):
     """The teacher (or the dataset) a submission names was deleted while the job was being created."""
 
     def __init__(self, what: str = "teacher") -> None:
@@ -149,7 +149,7 @@ def inserted_jobs(rows: Sequence[Sequence[Any]], queued_cap: int, count: int) ->
     if jobs:
         return jobs
     if gone is not None:
-        raise TeacherGone(gone)
+        raise ReferenceGone(gone)
     if queued + count > queued_cap:
         raise LimitExceeded(
             f"you have {queued} queued jobs and the limit is {queued_cap}; wait for some to start or cancel some",
@@ -314,7 +314,7 @@ class JobRepository:
                queued_cap: int) -> dict[str, Any] | None:
         """Insert a queued job (committed, relays woken) and return it; None on an Idempotency-Key conflict
         (a concurrent request with the same key won). Raises LimitExceeded at the owner's cap of queued
-        jobs and TeacherGone when the named teacher stopped being usable meanwhile.
+        jobs and ReferenceGone when the named teacher or dataset stopped being usable meanwhile.
 
         One round trip in the common case: BEGIN, owner lock, insert (job + event), NOTIFY and COMMIT
         go out as one psycopg pipeline.

@@ -183,3 +183,20 @@ def test_a_job_trains_on_a_dataset_uploaded_with_the_cli(api_server, api_key, se
     assert len(list((unpacked / "val").rglob("*.png"))) == 60
     assert job.result and job.result["final_metrics"]["val_top1"] > 10  # better than chance on 60 images
     assert main(["datasets", "delete", dataset_id]) == 0
+
+
+def test_a_dataset_deleted_between_validation_and_insert_is_named(service_settings):
+    """The insert locks the dataset FOR KEY SHARE and checks it is still there: one deleted after the
+    submission was validated (simulated by naming one that no longer exists) inserts nothing and says so."""
+    import uuid
+
+    from jobs.db import database
+    from jobs.errors import InvalidInput
+    from jobs.repository import JobRepository, NewJob
+
+    repo = JobRepository(database(service_settings))
+    new = NewJob(owner="datasets-race", spec=_spec(str(uuid.uuid4())), metadata={}, dataset_id=uuid.uuid4())
+    with pytest.raises(InvalidInput) as info:
+        repo.create(new, max_attempts=1, runtime_limit_seconds=60, queued_cap=10)
+    assert info.value.code == "dataset_not_found" and info.value.errors[0]["loc"] == "dataset.dataset_id"
+    assert repo.list_jobs("datasets-race", statuses=(), sweep_id=None, before=None, limit=5) == []
