@@ -154,9 +154,10 @@ def create_job(repo: JobRepository, store: ArtifactStore, settings: Settings, ow
     check_memory(spec, settings)
     teacher = dataset = None
     with repo.db.session() as session:
-        if spec.teacher is not None and spec.teacher.weights.source != "timm":
-            teacher = resolve_teacher(session, store, owner, spec, allow_pending=True)
         dataset = resolve_dataset(session, store, owner, spec)
+        if spec.teacher is not None and spec.teacher.weights.source != "timm":
+            teacher = resolve_teacher(session, store, owner, spec, allow_pending=True,
+                                      num_classes=dataset.num_classes if dataset else None)
     new = NewJob(owner=owner, spec=spec.resolved().model_dump(mode="json"), metadata=metadata, request_hash=digest,
                  idempotency_key=idempotency_key, teacher_job_id=teacher.job_id if teacher else None,
                  teacher_model_id=teacher.model_id if teacher else None, dataset_id=dataset.id if dataset else None)
@@ -234,16 +235,19 @@ def create_sweep(sweeps: SweepRepository, store: ArtifactStore, settings: Settin
                 try:
                     check_dataset_root(spec, settings)
                     check_memory(spec, settings)
-                    ref_key = spec.teacher.model_dump_json() if spec.teacher else ""
-                    if ref_key not in teachers:
-                        teachers[ref_key] = (resolve_teacher(session, store, owner, spec, allow_pending=True)
-                                             if spec.teacher and spec.teacher.weights.source != "timm" else None)
                     data_key = str(spec.dataset.dataset_id)
                     if data_key not in datasets:
                         datasets[data_key] = resolve_dataset(session, store, owner, spec)
+                    dataset = datasets[data_key]
+                    # The teacher's check depends on the dataset (its class count): one per pair.
+                    ref_key = (spec.teacher.model_dump_json() if spec.teacher else "") + spec.dataset.model_dump_json()
+                    if ref_key not in teachers:
+                        teachers[ref_key] = (resolve_teacher(session, store, owner, spec, allow_pending=True,
+                                                             num_classes=dataset.num_classes if dataset else None)
+                                             if spec.teacher and spec.teacher.weights.source != "timm" else None)
                 except InvalidInput as err:
                     raise _prefixed(err, f"cells.{cell.index}.spec") from None
-                teacher, dataset = teachers[ref_key], datasets[data_key]
+                teacher = teachers[ref_key]
                 runs.append(NewJob(owner=owner, spec=spec.resolved().model_dump(mode="json"), metadata=metadata,
                                    sweep_cell=cell.index, teacher_job_id=teacher.job_id if teacher else None,
                                    teacher_model_id=teacher.model_id if teacher else None,

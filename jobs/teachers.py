@@ -71,17 +71,19 @@ def _classes(dataset: dict[str, Any]) -> int | None:
 
 def resolve_teacher(
     session: Session, store: ArtifactStore, owner: str, spec: JobSpec, *, allow_pending: bool = False,
+    num_classes: int | None = None,
 ) -> TeacherRef | None:
     """The spec's teacher as a TeacherRef (None for a method without one); raises TeacherError, and
     StorageError when the store cannot be asked whether the weights are there.
 
     With `allow_pending` (a submission), a teacher job still queued or running is accepted: the student
-    waits for it. A worker resolves only succeeded teachers (the claim never starts a waiting job)."""
+    waits for it. A worker resolves only succeeded teachers (the claim never starts a waiting job).
+    `num_classes`: the dataset's, when the spec alone does not tell (an uploaded dataset)."""
     teacher = spec.teacher
     if teacher is None:
         return None
     weights = teacher.weights
-    classes = spec.dataset.known_num_classes()
+    classes = num_classes or spec.dataset.known_num_classes()
     if weights.source == "file":
         raise TeacherError("teacher.weights.source", "'file' is for the local CLI only; use 'job', 'model' or 'timm'")
     if weights.source == "timm":

@@ -254,8 +254,9 @@ class Attempt:
         self.phase("loading")
         spec = _apply_worker_device(JobSpec.model_validate(self.job.spec), self.settings.worker_device)
         with self.repo.db.session() as session:
-            teacher = resolve_teacher(session, self.store, self.job.owner, spec)
             dataset = resolve_dataset(session, self.store, self.job.owner, spec)
+            teacher = resolve_teacher(session, self.store, self.job.owner, spec,
+                                      num_classes=dataset.num_classes if dataset else None)
         if teacher is not None:
             teacher = fetch_teacher(self.store, teacher)  # a local file (cached by sha256 on this host)
         # An uploaded dataset is unpacked on this host (once per sha256) and read from there.

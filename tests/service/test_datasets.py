@@ -200,3 +200,23 @@ def test_a_dataset_deleted_between_validation_and_insert_is_named(service_settin
         repo.create(new, max_attempts=1, runtime_limit_seconds=60, queued_cap=10)
     assert info.value.code == "dataset_not_found" and info.value.errors[0]["loc"] == "dataset.dataset_id"
     assert repo.list_jobs("datasets-race", statuses=(), sweep_id=None, before=None, limit=5) == []
+
+
+def test_a_teacher_must_have_the_uploaded_datasets_classes(api_client, auth_headers, tmp_path):
+    """The class count of an uploaded dataset is known at submission: a teacher with another is refused
+    then, not when a worker starts the job."""
+    import torch
+    from safetensors.torch import save
+
+    from hcd_core.models import create_timm_model
+
+    torch.manual_seed(0)
+    weights = save({k: v.contiguous() for k, v in create_timm_model("test_resnet", 3, 16).state_dict().items()})
+    model = api_client.post("/models", files={"file": ("t.safetensors", weights, "application/octet-stream")},
+                            data={"arch": "test_resnet", "num_classes": "3"}, headers=auth_headers).json()
+    dataset = _upload(api_client, auth_headers, make_zip(tmp_path / "pets.zip", GOOD)).json()  # 2 classes
+    spec = {**_spec(dataset["id"]), "method": {"name": "kd"},
+            "teacher": {"arch": "test_resnet", "weights": {"source": "model", "model_id": model["id"]}}}
+    body = assert_problem(api_client.post("/jobs", json={"spec": spec}, headers=auth_headers), 422, "invalid_spec")
+    assert body["errors"] == [{"loc": "teacher.weights.model_id",
+                               "msg": "the uploaded model has 3 classes, the dataset 2"}]
