@@ -103,7 +103,8 @@ class HcdConfig(StageConfig):
 
     name: Literal["hcd"] = "hcd"
     num_sub_logits: Annotated[int, Field(ge=1, le=64)] = 4  # n
-    temperature: Temperature = 1.0  # T of kd, and of sdd_kl unless sdd_temperature is set
+    # T of kd, and of sdd_kl unless sdd_temperature is set; 4 since the ablation study (docs/ablation.md)
+    temperature: Temperature = 4.0
     sdd_temperature: Temperature | None = None  # T of sdd_kl; None = `temperature`
     cfm: Literal["linear", "mlp"] = "linear"
     # False feeds the CFM h_k alone (no teacher feature): ablates the "complementary" input.
