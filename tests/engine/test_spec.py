@@ -106,6 +106,7 @@ def test_hcd_ablation_switch_defaults_are_todays_behaviour():
     m = parse_spec(_base(method={"name": "hcd"}, teacher=teacher)).method
     assert (m.sdd_ce_input, m.fusion_student, m.fusion_teacher, m.sdd_temperature, m.cfm_teacher_feature) == (
         "fused", 1.0, 1.0, None, True)
+    assert m.temperature == 4.0  # changed from 1 by the ablation study (docs/ablation.md)
     assert "method.hcd.fusion_teacher" in _locs(_base(method={"name": "hcd", "fusion_teacher": -1}, teacher=teacher))
     assert "method.hcd.sdd_temperature" in _locs(_base(method={"name": "hcd", "sdd_temperature": 0}, teacher=teacher))
 
