@@ -135,6 +135,15 @@ def tuning_table(plan: dict[str, Any], out: Path) -> dict[str, list[tuple[dict[s
     return table
 
 
+def _resolved(method: dict[str, Any]) -> Any:
+    """A method spec with its defaults filled in (two specs may spell the same configuration)."""
+    from pydantic import TypeAdapter
+
+    from hcd_core.method_configs import MethodConfig
+
+    return TypeAdapter(MethodConfig).validate_python(method)
+
+
 def chosen_configs(plan: dict[str, Any], out: Path) -> dict[str, dict[str, Any]]:
     """Per final row name: the method spec to run (tuned; plus HCD's defaults when tuning chose otherwise)."""
     tuned = tuning_table(plan, out)
@@ -145,8 +154,9 @@ def chosen_configs(plan: dict[str, Any], out: Path) -> dict[str, dict[str, Any]]
             for path, value in tuned[method][0][0].items():
                 spec[path.split(".", 1)[1]] = value
         chosen[method] = spec
-    if chosen["hcd"] != _method_spec(plan, "hcd"):
+    if _resolved(chosen["hcd"]) != _resolved(_method_spec(plan, "hcd")):
         chosen["hcd (defaults)"] = _method_spec(plan, "hcd")
+    chosen.update(plan.get("extra_rows") or {})  # fixed configurations reported beside the tuned ones
     return chosen
 
 
