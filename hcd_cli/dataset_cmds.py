@@ -63,7 +63,7 @@ def cmd_upload(args: argparse.Namespace) -> int:
     path = Path(args.path)
     if not path.exists():
         raise ClientError(f"{path}: no such file or folder", exits.USAGE)
-    name = args.name or path.name.removesuffix(".gz").removesuffix(".tar").removesuffix(".zip")
+    name = args.name or path.resolve().name.removesuffix(".gz").removesuffix(".tar").removesuffix(".zip")
     with tempfile.TemporaryDirectory(prefix="hcd-dataset-") as scratch:
         archive = pack_folder(path, Path(scratch) / f"{path.name}.tar.gz") if path.is_dir() else path
         with make_client(timeout=3600.0) as client, open(archive, "rb") as handle:

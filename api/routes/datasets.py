@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import uuid
+from pathlib import Path
 from typing import Annotated, Any
 
 import anyio
@@ -18,7 +19,7 @@ from api.pagination import DEFAULT_LIMIT, MAX_LIMIT, decode_newest_first, newest
 from api.schemas import DatasetList, DatasetOut
 from api.submission import parse_uuid
 from api.uploads import invalid_upload, receive_upload
-from jobs.archives import DatasetSummary, archive_kind, unpack_dataset
+from jobs.archives import ArchiveLimits, DatasetSummary, archive_kind, unpack_dataset
 from jobs.datasets import ARCHIVE_SUFFIXES, archive_limits
 from jobs.tables import UploadedDataset
 
@@ -46,7 +47,7 @@ def dataset_to_dict(d: UploadedDataset) -> dict[str, Any]:
     }
 
 
-def _check(archive: Any, scratch: Any, limits: Any) -> tuple[str, DatasetSummary]:
+def _check(archive: Path, scratch: Path, limits: ArchiveLimits) -> tuple[str, DatasetSummary]:
     """The archive's kind and summary, unpacked into a scratch folder that is then removed."""
     try:
         return archive_kind(archive), unpack_dataset(archive, scratch, limits)

@@ -220,3 +220,16 @@ def test_a_teacher_must_have_the_uploaded_datasets_classes(api_client, auth_head
     body = assert_problem(api_client.post("/jobs", json={"spec": spec}, headers=auth_headers), 422, "invalid_spec")
     assert body["errors"] == [{"loc": "teacher.weights.model_id",
                                "msg": "the uploaded model has 3 classes, the dataset 2"}]
+
+
+def test_cli_upload_of_a_folder_without_splits_is_one_line_and_exit_2(tmp_path, capsys, monkeypatch):
+    from hcd_cli import exits
+    from hcd_cli.main import main
+
+    monkeypatch.setenv("HCD_SERVER_URL", "http://127.0.0.1:9")  # never reached: refused before any request
+    monkeypatch.setenv("HCD_API_KEY", "hcd_" + "x" * 30)
+    (tmp_path / "train" / "cat").mkdir(parents=True)
+    assert main(["datasets", "upload", str(tmp_path)]) == exits.USAGE
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no val/ folder" in err[0] and "Traceback" not in err[0]
+    assert main(["datasets", "upload", str(tmp_path / "missing.zip")]) == exits.USAGE
