@@ -303,12 +303,17 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     return exits.OK
 
 
-def cmd_delete(args: argparse.Namespace) -> int:
+def delete_each(collection: str, ids: list[str], label: str = "") -> int:
+    """DELETE /<collection>/<id> for each id, in order, saying each; the first refusal stops it."""
     with make_client() as client:
-        for job_id in args.job_ids:
-            _check(client.delete(f"/jobs/{path_id(job_id)}"))
-            print(f"deleted {job_id}", flush=True)
+        for item in ids:
+            _check(client.delete(f"/{collection}/{path_id(item)}"))
+            print(f"deleted {label}{item}", flush=True)
     return exits.OK
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    return delete_each("jobs", args.job_ids)
 
 
 def summary_lines(job: dict[str, Any], final: str) -> list[str]:

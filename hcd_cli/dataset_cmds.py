@@ -80,13 +80,9 @@ def cmd_upload(args: argparse.Namespace) -> int:
 
 
 def cmd_delete(args: argparse.Namespace) -> int:
-    from hcd_cli.client_cmds import _check, make_client, path_id
+    from hcd_cli.client_cmds import delete_each
 
-    with make_client() as client:
-        for dataset_id in args.dataset_ids:
-            _check(client.delete(f"/datasets/{path_id(dataset_id)}"))
-            print(f"deleted dataset {dataset_id}", flush=True)
-    return exits.OK
+    return delete_each("datasets", args.dataset_ids, "dataset ")
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -64,13 +64,9 @@ def cmd_upload(args: argparse.Namespace) -> int:
 
 
 def cmd_delete(args: argparse.Namespace) -> int:
-    from hcd_cli.client_cmds import _check, make_client, path_id
+    from hcd_cli.client_cmds import delete_each
 
-    with make_client() as client:
-        for model_id in args.model_ids:
-            _check(client.delete(f"/models/{path_id(model_id)}"))
-            print(f"deleted model {model_id}", flush=True)
-    return exits.OK
+    return delete_each("models", args.model_ids, "model ")
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -41,7 +41,7 @@ from typing import Any
 
 from hcd_core.hashing import sha256_file_and_size
 from hcd_core.types import METRICS_NAME
-from jobs.storage import CHUNK_BYTES, StorageError, StoredFile, media_type
+from jobs.storage import CHUNK_BYTES, StorageError, StoredFile, media_type, read_range
 
 _log = logging.getLogger("hcd.storage")
 
@@ -81,14 +81,7 @@ class S3Blob:
         block = max(CHUNK_BYTES, min(length, _READ_BLOCK))
         with _failures_as_storage_error("read a file"):
             with self.fs.open(self.path, "rb", block_size=block, cache_type="readahead", size=self.size) as handle:
-                handle.seek(start)
-                remaining = length
-                while remaining > 0:
-                    chunk = handle.read(min(CHUNK_BYTES, remaining))
-                    if not chunk:
-                        break
-                    remaining -= len(chunk)
-                    yield chunk
+                yield from read_range(handle, start, length)
 
 
 class S3Workspace:
@@ -276,11 +269,8 @@ class S3Store:
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         partial = self.cache_dir / f".{sha256}.{uuid.uuid4().hex}.part"
         try:
-            with _failures_as_storage_error("download a file"):
-                try:
-                    self.fs.get_file(path, str(partial))
-                except FileNotFoundError:
-                    return None
+            if not self.download(path, partial):
+                return None
             if sha256_file_and_size(partial)[0] != sha256:
                 raise StorageError("a file downloaded from the object store does not match its sha256")
             os.replace(partial, cached)

@@ -25,7 +25,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import IO, TYPE_CHECKING, Protocol
 
 from hcd_core.hashing import sha256_file_and_size
 from jobs.errors import DomainError
@@ -177,6 +177,18 @@ def _inside(root: Path, key: str) -> Path | None:
     return path
 
 
+def read_range(handle: IO[bytes], start: int, length: int) -> Iterator[bytes]:
+    """`length` bytes of an open file from `start`, in chunks of CHUNK_BYTES (fewer at its end)."""
+    handle.seek(start)
+    remaining = length
+    while remaining > 0:
+        chunk = handle.read(min(CHUNK_BYTES, remaining))
+        if not chunk:
+            break
+        remaining -= len(chunk)
+        yield chunk
+
+
 @dataclass(frozen=True)
 class LocalBlob:
     path: Path
@@ -184,14 +196,7 @@ class LocalBlob:
 
     def iter_range(self, start: int, length: int) -> Iterator[bytes]:
         with open(self.path, "rb") as handle:
-            handle.seek(start)
-            remaining = length
-            while remaining > 0:
-                chunk = handle.read(min(CHUNK_BYTES, remaining))
-                if not chunk:
-                    break
-                remaining -= len(chunk)
-                yield chunk
+            yield from read_range(handle, start, length)
 
 
 class LocalWorkspace:

@@ -7,10 +7,10 @@ import json
 import socket
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
-import httpx
 import pytest
-from worker_fixtures import HCD, free_port, start_process, wait_until
+from worker_fixtures import start_api, wait_until
 
 IDLE = 2.0  # HCD_BODY_IDLE_TIMEOUT_SECONDS of the server below
 MAX_REQUEST = 16384  # HCD_MAX_REQUEST_BYTES (POST /jobs)
@@ -25,23 +25,10 @@ _FILE_PART_HEAD = (f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"file
 def body_api(service_env, tmp_path_factory):
     """Its own `hcd api` (one process) with a 2 s body idle timeout, small caps and its own data dir."""
     data_dir = tmp_path_factory.mktemp("bodies-data")
-    port = free_port()
     env = {**service_env, "HCD_DATA_DIR": str(data_dir), "HCD_BODY_IDLE_TIMEOUT_SECONDS": str(IDLE),
            "HCD_MAX_REQUEST_BYTES": str(MAX_REQUEST), "HCD_MAX_UPLOAD_BYTES": str(MAX_UPLOAD)}
-    server = start_process("api-bodies", HCD + ["api", "--port", str(port), "--workers", "1",
-                                                "--log-level", "warning"],
-                           env, tmp_path_factory.mktemp("bodies-logs"))
-
-    def ready():
-        if not server.alive():
-            raise AssertionError(f"hcd api died:\n{server.log()[-3000:]}")
-        try:
-            return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    wait_until(ready, 60, 0.2, "hcd api")
-    yield port, data_dir / "uploads"
+    server, url = start_api("hcd api (bodies)", env, tmp_path_factory.mktemp("bodies-logs"), workers=1)
+    yield int(urlsplit(url).port or 0), data_dir / "uploads"
     server.stop()
 
 

@@ -73,10 +73,8 @@ def test_upload_get_list_use_and_delete(api_client, auth_headers, other_auth_hea
     assert_problem(api_client.get(f"/datasets/{dataset['id']}", headers=auth_headers), 404, "not_found")
 
 
-def test_list_pages_newest_first(api_client, tmp_path, service_settings):
-    from conftest import _new_key
-
-    headers = {"Authorization": f"Bearer {_new_key(service_settings, 'datasets-pages')}"}
+def test_list_pages_newest_first(api_client, auth_headers, tmp_path):
+    headers = auth_headers  # a fresh owner per test: the list holds only its datasets
     archive = make_tar(tmp_path / "pets.tar.gz", GOOD)
     ids = [_upload(api_client, headers, archive, name=f"pets-{i}").json()["id"] for i in range(3)]
     first = api_client.get("/datasets", params={"limit": 2}, headers=headers).json()

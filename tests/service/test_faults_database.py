@@ -17,10 +17,10 @@ from pg_faults import FaultyPostgres
 from sqlalchemy import select
 from worker_fixtures import (
     HCD,
-    free_port,
     get_job,
     insert_job,
     job_events,
+    start_api,
     start_process,
     tiny_spec,
     wait_for_progress,
@@ -59,19 +59,7 @@ def stack(faulty_pg, redis_url, tmp_path_factory):
                HCD_PUBLISH_GRACE_SECONDS="2", HCD_METRICS_MIN_INTERVAL_SECONDS="0")
     with database(settings).session() as session:
         key = create_key(session, "fault-tester")
-    port = free_port()
-    api = start_process("api", HCD + ["api", "--port", str(port), "--workers", "1", "--log-level", "warning"], env,
-                        tmp_path_factory.mktemp("faulty-api-logs"))
-    base = f"http://127.0.0.1:{port}"
-
-    def ready():
-        assert api.alive(), api.log()[-3000:]
-        try:
-            return httpx.get(f"{base}/readyz", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    wait_until(ready, 60, 0.2, "hcd api")
+    api, base = start_api("hcd api", env, tmp_path_factory.mktemp("faulty-api-logs"), workers=1, probe="/readyz")
     yield settings, env, base, key
     api.stop()
 

@@ -22,10 +22,9 @@ import pytest
 from api_helpers import assert_problem, insert_job
 from fastapi.testclient import TestClient
 from worker_fixtures import (
-    HCD,
     free_port,
     job_events,
-    start_process,
+    start_api,
     tiny_spec,
     wait_for_progress,
     wait_for_status,
@@ -354,19 +353,8 @@ def test_uploaded_dataset_goes_to_the_bucket_and_a_fresh_host_unpacks_it(s3_clie
 @pytest.fixture(scope="module")
 def s3_api(s3_env, s3_settings, tmp_path_factory):
     """A real `hcd api` on the bucket, with a data directory of its own (s3_settings.data_dir)."""
-    port = free_port()
-    server = start_process("api-s3", HCD + ["api", "--port", str(port), "--workers", "1", "--log-level", "warning"],
-                           {**s3_env, "HCD_DATA_DIR": str(s3_settings.data_dir)}, tmp_path_factory.mktemp("api-s3"))
-    url = f"http://127.0.0.1:{port}"
-
-    def ready():
-        assert server.alive(), server.log()[-3000:]
-        try:
-            return httpx.get(f"{url}/healthz", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    wait_until(ready, 60, 0.2, "hcd api on the bucket")
+    server, url = start_api("hcd api on the bucket", {**s3_env, "HCD_DATA_DIR": str(s3_settings.data_dir)},
+                            tmp_path_factory.mktemp("api-s3"), workers=1)
     yield url
     server.stop()
 

@@ -103,23 +103,34 @@ def start_worker(service_env, tmp_path):
         worker.stop()
 
 
-@pytest.fixture(scope="session")
-def api_server(service_env, tmp_path_factory):
-    """A real `hcd api` (uvicorn) for HTTP and SSE; yields its base URL."""
+def start_api(name: str, env: dict, log_dir: Path, *, workers: int | None = None,
+              probe: str = "/healthz") -> tuple[ServiceProcess, str]:
+    """A real `hcd api` subprocess, once `probe` answers 200: (the process, its base URL)."""
     port = free_port()
-    server = start_process("api", HCD + ["api", "--port", str(port), "--log-level", "warning"],
-                           service_env, tmp_path_factory.mktemp("api-logs"))
+    args = HCD + ["api", "--port", str(port), "--log-level", "warning"]
+    server = start_process(name, args + (["--workers", str(workers)] if workers else []), env, log_dir)
     url = f"http://127.0.0.1:{port}"
 
     def ready():
         if not server.alive():
-            raise AssertionError(f"hcd api died:\n{server.log()[-3000:]}")
+            raise AssertionError(f"{name} died:\n{server.log()[-3000:]}")
         try:
-            return httpx.get(f"{url}/healthz", timeout=1).status_code == 200
+            return httpx.get(f"{url}{probe}", timeout=2).status_code == 200
         except httpx.HTTPError:
             return False
 
-    wait_until(ready, 60, 0.2, "hcd api")
+    try:
+        wait_until(ready, 60, 0.2, name)
+    except BaseException:
+        server.stop()
+        raise
+    return server, url
+
+
+@pytest.fixture(scope="session")
+def api_server(service_env, tmp_path_factory):
+    """A real `hcd api` (uvicorn) for HTTP and SSE; yields its base URL."""
+    server, url = start_api("hcd api", service_env, tmp_path_factory.mktemp("api-logs"))
     yield url
     server.stop()
 

@@ -3,7 +3,7 @@
 
 import {fetchAll, request} from "../api.js";
 import {LineChart} from "../charts.js";
-import {archLine, datasetLine, errorBox, fmtNumber, fmtPercent, h, shortId, statusBadge} from "../dom.js";
+import {ACTIVE, archLine, datasetLine, errorBox, fmtNumber, fmtPercent, h, shortId, statusBadge} from "../dom.js";
 import {leafText, specDiff} from "../spec.js";
 
 const MAX_JOBS = 12;
@@ -106,7 +106,7 @@ export function renderCompare(view, {params}) {
     try {
       const jobs = await load();
       // Jobs still running: look again in a while.
-      if (jobs.some((j) => ["queued", "running", "cancelling"].includes(j.status))) {
+      if (jobs.some((j) => ACTIVE.has(j.status))) {
         timer = setTimeout(refresh, REFRESH_MS);
       }
     } catch (err) {
