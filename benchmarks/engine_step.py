@@ -63,7 +63,7 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def build_step_runner(name: str, args, teacher, device, precision, *, grad_clip=None) -> StepRunner:
+def build_step_runner(name: str, args, teacher, device, precision, *, grad_clip=None, compile=False) -> StepRunner:
     """A fresh student (seed 0) and method extras for `name`, on the `paper-cifar` recipe's optimiser,
     wrapped in the trainer's own StepRunner (also used by benchmarks/op_count.py)."""
     doc = {
@@ -89,7 +89,7 @@ def build_step_runner(name: str, args, teacher, device, precision, *, grad_clip=
     ema = ModelEma(student.model, spec.training.ema_decay) if spec.training.ema_decay else None
     return StepRunner(student=student, teacher=teacher if name != "ce" else None, method=method,
                       optimizer=optimizer, precision=precision, params=params, grad_clip=grad_clip,
-                      label_smoothing=0.1, ema=ema)
+                      label_smoothing=0.1, ema=ema, compile=compile)
 
 
 def bench_method(name: str, args, teacher, device, precision) -> dict:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 from pathlib import Path
@@ -27,6 +28,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--data-root", type=Path, default=None, help="base folder for relative dataset roots")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in OUTPUT/checkpoint")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--nproc-per-node", type=int, default=None, metavar="N",
+                   help="data-parallel processes, one per GPU (default: the spec's training.devices); "
+                        "started with torchrun, gloo on the CPU and NCCL on CUDA")
     p.set_defaults(func=cmd_train)
 
     e = subparsers.add_parser("eval", help="evaluate an exported student (top-1/top-5 as JSON)")
@@ -82,10 +86,17 @@ def cmd_train(args: argparse.Namespace) -> int:
         return _fail(f"cannot read spec {args.spec}: {err}")
     except Exception as err:  # yaml.YAMLError
         return _fail(f"cannot read spec {args.spec}: {err}")
+    if args.nproc_per_node is not None:
+        if args.nproc_per_node < 1:
+            return _fail("--nproc-per-node must be at least 1")
+        doc = {**doc, "training": {**(doc.get("training") or {}), "devices": args.nproc_per_node}}
     try:
         spec = parse_spec(doc)
     except ValidationError as err:
         return _fail(format_validation_error(err))
+    devices = int(spec.resolved().training.devices or 1)
+    if devices > 1 and "WORLD_SIZE" not in os.environ:
+        return _launch_torchrun(args, devices)
 
     teacher_weights: Path | None = None
     teacher_card: dict[str, Any] | None = None
@@ -116,6 +127,20 @@ def cmd_train(args: argparse.Namespace) -> int:
     return _run_train(args, spec, teacher_weights, teacher_card, checkpoint_dir)
 
 
+def _launch_torchrun(args: argparse.Namespace, devices: int) -> int:
+    """Run this same command in `devices` processes on this machine through torchrun (single node;
+    several nodes: run torchrun yourself, see docs/scaling.md)."""
+    import subprocess
+
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={devices}",
+               "-m", "hcd_cli.main", "train", str(args.spec), "--output", str(args.output),
+               "--nproc-per-node", str(devices)]
+    if args.data_root is not None:
+        command += ["--data-root", str(args.data_root)]
+    command += ["--resume"] * args.resume + ["--no-progress"] * args.no_progress
+    return subprocess.call(command)
+
+
 def _run_train(
     args: argparse.Namespace, spec: JobSpec, teacher_weights: Path | None, teacher_card: dict[str, Any] | None,
     checkpoint_dir: Path,
@@ -129,9 +154,11 @@ def _run_train(
     shown: dict[str, float] = {}
     stop = {"requested": False}
 
+    rank = int(os.environ.get("RANK", "0"))  # under torchrun, rank 0 alone reports
+
     def on_progress(p: Progress) -> None:
         nonlocal bar
-        if args.no_progress:
+        if args.no_progress or rank:
             return
         if bar is None:
             bar = tqdm(total=p.total_steps, initial=p.step, unit="step", dynamic_ncols=True)
@@ -165,6 +192,8 @@ def _run_train(
             bar.close()
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
+    if rank:
+        return 130 if result.status == "stopped" else 0
     out = {"status": result.status, "epoch": result.epoch, "step": result.step,
            "final": result.final_metrics, "best": result.best_metrics,
            "artifacts": {k: str(v) for k, v in result.artifacts.items()}}

@@ -43,6 +43,9 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     worker.add_argument("--device", default=None,
                         help="auto, cpu, cuda or cuda:N (cuda:N exports CUDA_VISIBLE_DEVICES=N); "
                              "default HCD_WORKER_DEVICE or auto")
+    worker.add_argument("--gpus", default=None, metavar="0,1,2,3",
+                        help="the GPUs this worker owns (exports CUDA_VISIBLE_DEVICES; device cuda): it runs one "
+                             "job at a time on up to that many GPUs (training.devices), data-parallel")
     worker.add_argument("--queue", default=None, help="queue name (default HCD_QUEUE_NAME or hcd-gpu)")
     worker.add_argument("--hostname", default=None, help="Celery node name (default hcd-<pid>@<host>)")
     worker.add_argument("--no-sweep", action="store_true",
@@ -102,7 +105,20 @@ def _apply_device(device: str) -> None:
         os.environ["CUDA_VISIBLE_DEVICES"] = device.split(":", 1)[1]
 
 
+def _apply_gpus(gpus: str) -> None:
+    ids = [g.strip() for g in gpus.split(",") if g.strip()]
+    if not ids or not all(g.isdigit() for g in ids) or len(set(ids)) != len(ids):
+        raise SystemExit(f"hcd worker: --gpus takes distinct GPU indices such as 0,1,2,3, got {gpus!r}")
+    os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(ids)
+    os.environ["HCD_WORKER_DEVICE"] = "cuda"
+    os.environ["HCD_WORKER_DEVICES"] = str(len(ids))
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
+    if args.gpus and args.device:
+        raise SystemExit("hcd worker: give --gpus or --device, not both")
+    if args.gpus:
+        _apply_gpus(args.gpus)
     if args.device:
         _apply_device(args.device)
     if args.queue:

@@ -28,6 +28,7 @@ from torch import Tensor
 from torch.utils.data import Subset
 
 from hcd_core.dataset_facts import (
+    DEVICE_CACHE_MAX_BYTES,
     DIGITS_HARD_BASE_SIZE,
     DIGITS_HARD_COPIES,
     DIGITS_TRAIN_FRACTION,
@@ -86,12 +87,28 @@ class DatasetInfo:
 
 
 # --------------------------------------------------------------------------- batch sources
+@dataclass(frozen=True)
+class Shard:
+    """This process' part of every global batch under data parallelism: rank `rank` of `world`
+    takes the contiguous slice `part(n)` of each batch of n, so the ranks together see exactly the
+    batches one process would (the same order, the same augmentation)."""
+
+    rank: int = 0
+    world: int = 1
+
+    def part(self, n: int) -> slice:
+        return slice(n * self.rank // self.world, n * (self.rank + 1) // self.world)
+
+
 class BatchSource:
-    """An epoch's batches as a function of (epoch_seed, first batch index)."""
+    """An epoch's batches as a function of (epoch_seed, first batch index); with a `shard`, this
+    rank's part of each batch. `device` is where the batches come out (None: host memory)."""
 
     num_samples: int
     batch_size: int
     drop_last: bool
+    shard: Shard = Shard()
+    device: torch.device | None = None
 
     def num_batches(self) -> int:
         if self.drop_last and self.num_samples >= self.batch_size:
@@ -107,9 +124,21 @@ class BatchSource:
         gen = torch.Generator().manual_seed(epoch_seed)
         return torch.randperm(self.num_samples, generator=gen)
 
+    def _global_batches(self, order: Tensor, start: int) -> Iterator[tuple[int, Tensor]]:
+        for b in range(start, self.num_batches()):
+            yield b, order[b * self.batch_size : (b + 1) * self.batch_size]
+
+
+def _batch_generator(epoch_seed: int | None, b: int) -> torch.Generator:
+    """One generator per batch: a batch's augmentation depends only on (epoch_seed, b)."""
+    return torch.Generator().manual_seed((int(epoch_seed or 0) * 1_000_003 + b) % (2**63))
+
 
 class TensorBatches(BatchSource):
-    """Batches from in-memory images in [0, 1] (N, C, h, w), upscaled/augmented/normalised per batch."""
+    """Batches from images held in memory, on `device` (the GPU's memory when training there):
+    float in [0, 1] or uint8 (N, C, h, w), resized, augmented and normalised a whole batch at a time
+    where they are. Only the per-batch random parameters are drawn on the host (a CPU generator per
+    batch), so a batch is the same on every device and under every sharding."""
 
     def __init__(
         self,
@@ -121,61 +150,121 @@ class TensorBatches(BatchSource):
         batch_size: int,
         augment: str = "none",
         train: bool = False,
+        crop: int | None = None,
+        device: torch.device | None = None,
+        shard: Shard = Shard(),
     ) -> None:
-        self.images, self.labels = images, labels
+        self.device = device
+        self.images, self.labels = images.to(device or "cpu"), labels.to(device or "cpu")
         self.image_size = image_size
-        self.mean = torch.tensor(norm[0]).view(1, 3, 1, 1)
-        self.std = torch.tensor(norm[1]).view(1, 3, 1, 1)
+        self.crop = crop  # a centre crop of this size first (cached imagefolders: Resize + CenterCrop)
+        self.mean = torch.tensor(norm[0], device=device).view(1, 3, 1, 1)
+        self.std = torch.tensor(norm[1], device=device).view(1, 3, 1, 1)
         self.batch_size = batch_size
         self.augment = augment if train else "none"
         self.train = train
         self.drop_last = train
         self.num_samples = len(labels)
+        self.shard = shard
 
     def batches(self, epoch_seed: int | None = None, start: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
         order = self._order(epoch_seed if self.train else None)
-        for b in range(start, self.num_batches()):
-            idx = order[b * self.batch_size : (b + 1) * self.batch_size]
-            x = self._prepare(self.images[idx])
-            if self.augment != "none":
-                # One generator per batch: the batch's augmentation depends only on (epoch_seed, b).
-                gen = torch.Generator().manual_seed((int(epoch_seed or 0) * 1_000_003 + b) % (2**63))
-                x = augment_tensor(x, self.augment, gen)
-            yield (x - self.mean) / self.std, self.labels[idx]
+        # A cached imagefolder's random resized crop samples the whole cached image at full resolution.
+        crop_from_source = self.crop is not None and self.augment == "rrc_flip"
+        for b, idx in self._global_batches(order, start):
+            params = (augment_params(self.augment, len(idx), self.image_size, _batch_generator(epoch_seed, b))
+                      if self.augment != "none" else None)
+            part = self.shard.part(len(idx))
+            mine = idx[part].to(self.images.device, non_blocking=True)
+            x = self.images[mine]
+            x = x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
+            if params is not None and crop_from_source:
+                x = apply_augment(_rgb(x), params.slice(part), out_size=self.image_size)
+            else:
+                x = self._prepare(x)
+                if params is not None:
+                    x = apply_augment(x, params.slice(part))
+            yield (x - self.mean) / self.std, self.labels[mine]
 
     def _prepare(self, x: Tensor) -> Tensor:
-        x = x.float()
+        if self.crop is not None:  # the centre crop of Resize + CenterCrop
+            top, left = round((x.shape[-2] - self.crop) / 2), round((x.shape[-1] - self.crop) / 2)  # torchvision's
+            x = x[..., top : top + self.crop, left : left + self.crop]
         if x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
             x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False)
-        if x.shape[1] == 1:
-            x = x.expand(-1, 3, -1, -1)
-        return x.contiguous()
+        return _rgb(x).contiguous()
+
+
+def _rgb(x: Tensor) -> Tensor:
+    return x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
+
+
+@dataclass(frozen=True)
+class AugmentParams:
+    """The random draws of one batch's augmentation (host tensors, one row per image)."""
+
+    mode: str
+    flip: Tensor  # (B,) bool
+    offsets: Tensor | None = None  # crop_flip: (B, 2) top/left in the padded image
+    pad: int = 0
+    theta: Tensor | None = None  # rrc_flip: (B, 2, 3) affine grids
+
+    def slice(self, part: slice) -> "AugmentParams":
+        return AugmentParams(
+            self.mode, self.flip[part], None if self.offsets is None else self.offsets[part], self.pad,
+            None if self.theta is None else self.theta[part],
+        )
+
+
+def augment_params(mode: str, b: int, size: int, gen: torch.Generator) -> AugmentParams:
+    """Draw a batch's augmentation parameters from `gen` (in this order: crop, then flip)."""
+    if mode == "crop_flip":
+        pad = max(1, round(4 * size / 32))  # CIFAR's 4-pixel padding, scaled to the image size
+        offsets = torch.randint(0, 2 * pad + 1, (b, 2), generator=gen)
+        return AugmentParams(mode, torch.rand(b, generator=gen) < 0.5, offsets=offsets, pad=pad)
+    if mode == "rrc_flip":
+        theta = _rrc_theta(b, gen)
+        return AugmentParams(mode, torch.rand(b, generator=gen) < 0.5, theta=theta)
+    if mode == "flip":
+        return AugmentParams(mode, torch.rand(b, generator=gen) < 0.5)
+    raise ValueError(f"unknown augmentation {mode!r}")
+
+
+def apply_augment(x: Tensor, p: AugmentParams, out_size: int | None = None) -> Tensor:
+    """Apply drawn parameters to images in [0, 1] (B, 3, H, W) wherever they are, as whole-batch ops.
+    `out_size`: random resized crops come out this large (default: the input's size)."""
+    b, c, h, w = x.shape
+    dev = x.device
+    if p.mode == "crop_flip":
+        assert p.offsets is not None
+        padded = F.pad(x, (p.pad, p.pad, p.pad, p.pad))
+        offs = p.offsets.to(dev, non_blocking=True)
+        rows = (offs[:, 0:1] + torch.arange(h, device=dev)).view(b, 1, h, 1)
+        cols = (offs[:, 1:2] + torch.arange(w, device=dev)).view(b, 1, 1, w)
+        batch = torch.arange(b, device=dev).view(b, 1, 1, 1)
+        chans = torch.arange(c, device=dev).view(1, c, 1, 1)
+        x = padded[batch, chans, rows, cols]  # a gather: exactly the per-image crops
+    elif p.mode == "rrc_flip":
+        assert p.theta is not None
+        size = [b, c, out_size or h, out_size or w]
+        grid = F.affine_grid(p.theta.to(dev, non_blocking=True), size, align_corners=False)
+        x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    flip = p.flip.to(dev, non_blocking=True).view(b, 1, 1, 1)
+    return torch.where(flip, x.flip(-1), x)
 
 
 def augment_tensor(x: Tensor, mode: str, gen: torch.Generator) -> Tensor:
     """Batched training augmentation of images in [0, 1] (B, 3, H, W)."""
-    b, _, h, w = x.shape
-    if mode == "crop_flip":
-        pad = max(1, round(4 * h / 32))  # CIFAR's 4-pixel padding, scaled to the image size
-        padded = F.pad(x, (pad, pad, pad, pad))
-        offs = torch.randint(0, 2 * pad + 1, (b, 2), generator=gen)
-        x = torch.stack([padded[i, :, oy : oy + h, ox : ox + w] for i, (oy, ox) in enumerate(offs.tolist())])
-    elif mode == "rrc_flip":
-        x = _random_resized_crop(x, gen)
-    elif mode not in ("flip",):
-        raise ValueError(f"unknown augmentation {mode!r}")
-    flip = torch.rand(b, generator=gen) < 0.5
-    return torch.where(flip.view(b, 1, 1, 1), x.flip(-1), x)
+    return apply_augment(x, augment_params(mode, x.shape[0], x.shape[-2], gen))
 
 
-def _random_resized_crop(
-    x: Tensor,
+def _rrc_theta(
+    b: int,
     gen: torch.Generator,
     scale: tuple[float, float] = (0.08, 1.0),
     ratio: tuple[float, float] = (3 / 4, 4 / 3),
 ) -> Tensor:
-    """RandomResizedCrop on a batch through one affine grid_sample (box of area `scale`, aspect `ratio`)."""
-    b = x.shape[0]
+    """RandomResizedCrop as one affine grid per image (box of area `scale`, aspect `ratio`)."""
     area = torch.empty(b).uniform_(*scale, generator=gen)
     log_r = torch.empty(b).uniform_(math.log(ratio[0]), math.log(ratio[1]), generator=gen)
     r = torch.exp(log_r)
@@ -185,8 +274,7 @@ def _random_resized_crop(
     cy = (torch.rand(b, generator=gen) * 2 - 1) * (1 - ch)
     theta = torch.zeros(b, 2, 3)
     theta[:, 0, 0], theta[:, 0, 2], theta[:, 1, 1], theta[:, 1, 2] = cw, cx, ch, cy
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    return theta
 
 
 class _SeededTransform(torch.utils.data.Dataset[tuple[Tensor, int]]):
@@ -207,27 +295,34 @@ class _SeededTransform(torch.utils.data.Dataset[tuple[Tensor, int]]):
             return self.transform(img), label
 
 
-class LoaderBatches(BatchSource):
-    """Batches of a torchvision dataset through a DataLoader, in the order of the epoch's permutation."""
+LOADER_PREFETCH_FACTOR = 4  # batches each DataLoader worker prepares ahead
 
-    def __init__(self, base: Any, transform: Transform, *, batch_size: int, num_workers: int, train: bool) -> None:
+
+class LoaderBatches(BatchSource):
+    """Batches of a torchvision dataset decoded and transformed per sample by DataLoader workers
+    (for datasets too large to hold in memory), in the order of the epoch's permutation; pinned host
+    memory on CUDA so the copy to the device overlaps the step."""
+
+    def __init__(
+        self, base: Any, transform: Transform, *, batch_size: int, num_workers: int, train: bool,
+        shard: Shard = Shard(),
+    ) -> None:
         self.base, self.transform = base, transform
         self.batch_size, self.num_workers = batch_size, num_workers
         self.train = train
         self.drop_last = train
         self.num_samples = len(base)
+        self.shard = shard
 
     def batches(self, epoch_seed: int | None = None, start: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
         seed = epoch_seed if self.train else None
-        order = self._order(seed)[start * self.batch_size :]
-        n = self.num_batches() - start
-        order = order[: n * self.batch_size]
+        parts = [idx[self.shard.part(len(idx))].tolist() for _, idx in self._global_batches(self._order(seed), start)]
         loader = torch.utils.data.DataLoader(
             _SeededTransform(self.base, self.transform, seed),
-            batch_size=self.batch_size,
-            sampler=order.tolist(),
+            batch_sampler=[p for p in parts if p],
             num_workers=self.num_workers,
             pin_memory=torch.cuda.is_available(),
+            prefetch_factor=LOADER_PREFETCH_FACTOR if self.num_workers > 0 else None,
             persistent_workers=False,
             # Own generator: creating the iterator must not consume the global RNG (exact resume).
             generator=torch.Generator().manual_seed(int(seed or 0)),
@@ -417,6 +512,47 @@ def _file_datasets(spec: DatasetSpec, root: Path) -> tuple[Any, Any, list[str], 
     return train, val, list(train.classes), IMAGENET_NORM
 
 
+def _decode_to_cache(base: Any, size: int, num_workers: int) -> tuple[Tensor, Tensor]:
+    """Every image of an ImageFolder (or a Subset of one) decoded once, resized (shorter side) and
+    centre-cropped to `size`, as a uint8 tensor (N, 3, size, size), with its labels."""
+    from torchvision.transforms import v2 as T
+
+    square = T.Compose([T.ToImage(), T.RGB(), T.Resize(size), T.CenterCrop(size)])
+    loader = torch.utils.data.DataLoader(
+        _SeededTransform(base, square, None), batch_size=256, num_workers=num_workers,
+        collate_fn=_stack_images,
+    )
+    images, labels = zip(*loader, strict=True) if len(base) else ((), ())
+    if not images:
+        return torch.empty(0, 3, size, size, dtype=torch.uint8), torch.empty(0, dtype=torch.long)
+    return torch.cat(images).as_subclass(Tensor), torch.cat(labels)
+
+
+def _stack_images(items: list[tuple[Tensor, int]]) -> tuple[Tensor, Tensor]:
+    return torch.stack([i[0] for i in items]), torch.tensor([i[1] for i in items], dtype=torch.long)
+
+
+def _cifar_arrays(base: Any) -> tuple[Tensor, Tensor]:
+    """A torchvision CIFAR (or a Subset of one) as (uint8 images (N, 3, 32, 32), labels): its own arrays."""
+    indices = None
+    if isinstance(base, Subset):
+        base, indices = base.dataset, torch.as_tensor(base.indices)
+    x = torch.from_numpy(base.data).permute(0, 3, 1, 2).contiguous()
+    y = torch.as_tensor(base.targets, dtype=torch.long)
+    return (x, y) if indices is None else (x[indices], y[indices])
+
+
+def cache_bytes(spec: DatasetSpec, num_train: int, num_val: int) -> int:
+    """The bytes of a file dataset's uint8 image cache (CIFAR at 32 px; imagefolders at the size
+    their Resize + CenterCrop read)."""
+    side = 32 if spec.name in ("cifar10", "cifar100") else imagefolder_cache_size(spec.image_size)
+    return (num_train + num_val) * 3 * side * side
+
+
+def imagefolder_cache_size(image_size: int) -> int:
+    return int(round(image_size / 0.875))
+
+
 def build_data(
     spec: DatasetSpec,
     *,
@@ -426,21 +562,34 @@ def build_data(
     num_workers: int = 0,
     data_root: Path | None = None,
     norm: Norm | None = None,
+    device: torch.device | None = None,
+    shard: Shard = Shard(),
+    pipeline: str = "auto",
+    cache_max_bytes: int = DEVICE_CACHE_MAX_BYTES,
 ) -> tuple[BatchSource, BatchSource, DatasetInfo]:
     """(train batches, validation batches, info) for a dataset spec.
 
     `norm` overrides the dataset's mean/std (evaluating an exported model with its card's values).
+    `pipeline`: "auto" holds the data as tensors on `device` and prepares batches there whenever it
+    fits (tensor datasets and CIFAR always; an imagefolder when its uint8 cache is at most
+    `cache_max_bytes`); "device" holds it there regardless of size; "host" keeps the data in host
+    memory and prepares batches on the CPU (file datasets: per sample in DataLoader workers).
+    `shard`: this rank's part of every batch (data parallelism).
     """
+    if pipeline not in ("auto", "device", "host"):
+        raise ValueError(f"unknown data pipeline {pipeline!r}")
     size = spec.image_size
     eval_bs = eval_batch_size or max(batch_size, 256)
+    where = device if pipeline != "host" else None
     train: BatchSource
     val: BatchSource
     names: list[str] | None
     if spec.name in TENSOR_DATASETS:
         xtr, ytr, xva, yva, nc, names, dnorm = tensor_dataset(spec)
         norm = norm or dnorm
-        train = TensorBatches(xtr, ytr, image_size=size, norm=norm, batch_size=batch_size, augment=augment, train=True)
-        val = TensorBatches(xva, yva, image_size=size, norm=norm, batch_size=eval_bs, train=False)
+        train = TensorBatches(xtr, ytr, image_size=size, norm=norm, batch_size=batch_size, augment=augment,
+                              train=True, device=where, shard=shard)
+        val = TensorBatches(xva, yva, image_size=size, norm=norm, batch_size=eval_bs, device=where, shard=shard)
     else:
         if spec.dataset_id is not None:  # an uploaded dataset: the service unpacked it at data_root
             if data_root is None:
@@ -451,22 +600,37 @@ def build_data(
             root = resolve_root(spec.root, data_root)
         assert root is not None  # the spec requires a root (or a dataset_id) for file datasets
         base_tr, base_va, names, dnorm = _file_datasets(spec, root)
-        if spec.eval_split == "holdout":  # one base dataset: transforms are applied by LoaderBatches
+        if spec.eval_split == "holdout":  # one base dataset: transforms are applied per source
             keep, out = holdout_split(len(base_tr))
             base_tr, base_va = Subset(base_tr, keep.tolist()), Subset(base_tr, out.tolist())
         nc = len(names)
         norm = norm or dnorm
-        train = LoaderBatches(
-            base_tr, _torchvision_transforms(spec.name, size, augment, norm, True),
-            batch_size=batch_size, num_workers=num_workers, train=True,
+        cached = pipeline == "device" or (
+            pipeline == "auto" and cache_bytes(spec, len(base_tr), len(base_va)) <= cache_max_bytes
         )
-        val = LoaderBatches(
-            base_va, _torchvision_transforms(spec.name, size, "none", norm, False),
-            batch_size=eval_bs, num_workers=num_workers, train=False,
-        )
+        if cached:
+            crop = None
+            if spec.name == "imagefolder":
+                side = imagefolder_cache_size(size)
+                (xtr, ytr), (xva, yva) = (_decode_to_cache(b, side, num_workers) for b in (base_tr, base_va))
+                crop = size
+            else:
+                (xtr, ytr), (xva, yva) = _cifar_arrays(base_tr), _cifar_arrays(base_va)
+            train = TensorBatches(xtr, ytr, image_size=size, norm=norm, batch_size=batch_size, augment=augment,
+                                  train=True, crop=crop, device=where, shard=shard)
+            val = TensorBatches(xva, yva, image_size=size, norm=norm, batch_size=eval_bs, crop=crop, device=where,
+                                shard=shard)
+        else:
+            train = LoaderBatches(
+                base_tr, _torchvision_transforms(spec.name, size, augment, norm, True),
+                batch_size=batch_size, num_workers=num_workers, train=True, shard=shard,
+            )
+            val = LoaderBatches(
+                base_va, _torchvision_transforms(spec.name, size, "none", norm, False),
+                batch_size=eval_bs, num_workers=num_workers, train=False, shard=shard,
+            )
     info = DatasetInfo(
         name=spec.name, num_classes=nc, class_names=names, image_size=size,
         mean=norm[0], std=norm[1], train_size=train.num_samples, val_size=val.num_samples,
     )
     return train, val, info
-

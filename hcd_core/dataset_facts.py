@@ -34,3 +34,7 @@ HOLDOUT_FRACTION = 0.2
 # torchvision's CIFAR-10/100 hold both splits as uint8 arrays in memory.
 CIFAR_NUM_SAMPLES = 60_000
 CIFAR_IMAGE_BYTES = 32 * 32 * 3
+
+# The largest uint8 image cache a file dataset is decoded into and held on the training device
+# (data_pipeline "auto"); larger ones are read per sample by DataLoader workers.
+DEVICE_CACHE_MAX_BYTES = 4 * 2**30

@@ -37,6 +37,7 @@ import torch.nn as nn
 
 from hcd_core.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from hcd_core.data import DatasetInfo, build_data
+from hcd_core.distributed import Dist, join_group, leave_group
 from hcd_core.errors import writing
 from hcd_core.export import (
     CARD_NAME,
@@ -84,6 +85,31 @@ def run_job(
     """Train `spec` to completion or to a stop request; export the student when it completes."""
     spec = spec.resolved()
     hooks = hooks or RunHooks()
+    dist = join_group(resolve_device(spec.training.device).type)
+    try:
+        return _run(spec, dist, output_dir=output_dir, checkpoint_dir=checkpoint_dir, teacher_weights=teacher_weights,
+                    teacher_card=teacher_card, hooks=hooks, data_root=data_root)
+    finally:
+        leave_group(dist)
+
+
+def _run(
+    spec: JobSpec,
+    dist: Dist,
+    *,
+    output_dir: Path,
+    checkpoint_dir: Path,
+    teacher_weights: Path | None,
+    teacher_card: dict[str, Any] | None,
+    hooks: RunHooks,
+    data_root: Path | None,
+) -> RunResult:
+    devices = required(spec.training.devices, "devices")
+    if devices != dist.world:
+        raise ValueError(
+            f"training.devices is {devices} but this run has {dist.world} process(es): start it with "
+            f"`hcd train --nproc-per-node {devices}` (torchrun), or from a worker with --gpus for {devices} GPUs"
+        )
     output_dir, checkpoint_dir = Path(output_dir), Path(checkpoint_dir)
     with writing("the output directory"):
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -94,9 +120,9 @@ def run_job(
     # Refuse a foreign checkpoint before spending time on building anything.
     ckpt = load_checkpoint(ckpt_path, expected_spec_hash=spec_hash) if ckpt_path.is_file() else None
 
-    if hooks.on_phase:
+    if hooks.on_phase and dist.is_main:
         hooks.on_phase("loading")
-    log = MetricsLog(output_dir / METRICS_NAME)
+    log = MetricsLog(output_dir / METRICS_NAME)  # written by rank 0 alone
 
     def emit(points: list[MetricPoint]) -> None:
         log.append(points)
@@ -111,12 +137,12 @@ def run_job(
             hooks.after_checkpoint(ckpt_path)  # in place, and past the guard
 
     job = build(spec, teacher_weights=teacher_weights, teacher_card=teacher_card, data_root=data_root,
-                hooks=hooks, emit=emit, save=save)
+                hooks=hooks, emit=emit, save=save, dist=dist)
     status = train(job, ckpt, log)
     s = job.trainer.state
     result = RunResult(status=status, epoch=s.epoch, step=s.global_step,
                        final_metrics=dict(s.final_metrics), best_metrics=dict(s.best_metrics))
-    if status == "completed":
+    if status == "completed" and dist.is_main:
         if hooks.on_phase:
             hooks.on_phase("exporting")
         result.artifacts = export(job, output_dir)
@@ -148,17 +174,26 @@ def build(
     hooks: RunHooks,
     emit: Callable[[list[MetricPoint]], None],
     save: Callable[[dict[str, Any]], None],
+    dist: Dist | None = None,
 ) -> BuiltJob:
-    """Data, teacher, student, method, optimiser and trainer for a resolved spec."""
+    """Data, teacher, student, method, optimiser and trainer for a resolved spec.
+
+    Under data parallelism (`dist`) each rank builds the same models (rank 0's are broadcast by
+    DDP anyway), takes its part of every batch and trains on its own GPU (`cuda:LOCAL_RANK`).
+    """
     t = spec.training
+    dist = dist or Dist()
     device = resolve_device(t.device)
+    if device.type == "cuda" and dist.active:
+        device = torch.device("cuda", dist.local_rank)
     configure_backends(device)
     precision = resolve_precision(t.amp, t.channels_last, device)
     seed_everything(spec.seed)
 
     train_src, val_src, info = build_data(
-        spec.dataset, batch_size=required(t.batch_size, "batch_size"), augment=required(t.augment, "augment"),
-        num_workers=required(t.num_workers, "num_workers"), data_root=data_root,
+        spec.dataset, batch_size=required(t.batch_size, "batch_size"),
+        augment=required(t.augment, "augment"), num_workers=required(t.num_workers, "num_workers"),
+        data_root=data_root, device=device, shard=dist.shard, pipeline=required(t.data_pipeline, "data_pipeline"),
     )
     # The student first, from an RNG of its own: for a given seed every method starts from the same
     # student weights (paired comparisons), whatever the teacher and the method's extras draw.
@@ -182,7 +217,10 @@ def build(
     ema = ModelEma(student.model, t.ema_decay) if t.ema_decay else None
     runner = StepRunner(student=student, teacher=teacher, method=method, optimizer=optimizer,
                         precision=precision, params=params, grad_clip=t.grad_clip,
-                        label_smoothing=t.label_smoothing or 0.0, ema=ema)
+                        label_smoothing=t.label_smoothing or 0.0, ema=ema, dist=dist,
+                        compile=bool(t.compile))
+    if dist.rank:  # the ranks' own random streams from here on (dropout, drop-path); the models are built
+        seed_everything(spec.seed + 1_000_003 * dist.rank)
     steps_per_epoch = train_src.num_batches()
     if t.max_steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, t.max_steps_per_epoch)
@@ -196,7 +234,7 @@ def build(
         epochs=required(t.epochs, "epochs"), steps_per_epoch=steps_per_epoch, device=device, seed=spec.seed,
         eval_model=eval_model, emit=emit, save=save, should_stop=hooks.should_stop,
         stop_check_every=hooks.stop_check_every, on_phase=hooks.on_phase, on_progress=hooks.on_progress,
-        export=required(t.export, "export"),
+        export=required(t.export, "export"), dist=dist,
     )
     return BuiltJob(spec=spec, info=info, device=device, precision=precision, student=student, method=method,
                     ema=ema, teacher_sha256=teacher_sha, trainer=trainer)
@@ -273,7 +311,8 @@ def train(job: BuiltJob, ckpt: dict[str, Any] | None, log: MetricsLog) -> RunSta
         trainer.load_state_dict(ckpt)
         ckpt.clear()
     # Points after the restart position are redone; a fresh run starts a fresh log.
-    log.truncate_after(trainer.state.global_step if trainer.state.global_step else -1)
+    if job.trainer.dist.is_main:
+        log.truncate_after(trainer.state.global_step if trainer.state.global_step else -1)
     return trainer.run()
 
 

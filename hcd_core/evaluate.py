@@ -6,6 +6,7 @@ exactly what evaluating the exported weights later gives on the same device.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +18,16 @@ from hcd_core.data import BatchSource
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, batches: BatchSource, device: torch.device) -> dict[str, float]:
+def evaluate(
+    model: nn.Module,
+    batches: BatchSource,
+    device: torch.device,
+    reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> dict[str, float]:
     """{"val_top1", "val_top5" (percent), "val_loss" (mean CE)} over the whole validation set.
+
+    `reduce`: under data parallelism each rank evaluates its part of every batch and `reduce` sums
+    the counts over the ranks (a float64 host tensor in and out).
 
     cuDNN runs deterministic algorithms here: with cudnn.benchmark another process may pick another
     algorithm, and last-bit differences flip near-tied top-5 answers; fixed algorithms let the
@@ -45,8 +54,11 @@ def evaluate(model: nn.Module, batches: BatchSource, device: torch.device) -> di
                 total += y.numel()
     finally:
         model.train(was_training)
-    c1, c5, ls = torch.stack([correct1.double(), correct5.double(), loss_sum]).tolist()
-    total = max(total, 1)
+    sums = torch.stack([correct1.double(), correct5.double(), loss_sum, loss_sum.new_tensor(float(total))]).cpu()
+    if reduce is not None:
+        sums = reduce(sums)
+    c1, c5, ls, count = sums.tolist()
+    total = max(int(count), 1)
     return {"val_top1": 100.0 * c1 / total, "val_top5": 100.0 * c5 / total, "val_loss": ls / total}
 
 

@@ -76,8 +76,9 @@ def _check_target(target: Tensor, batch: int, num_classes: int) -> Tensor:
         raise ValueError(f"target must have shape ({batch},), got {tuple(target.shape)}")
     if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
         raise ValueError(f"target must hold integer class indices, got {target.dtype}")
-    # Range check only where it is free: on CUDA it would force a host sync every step.
-    if target.device.type == "cpu" and batch > 0:
+    # Range check only where it is free: on CUDA it would force a host sync every step, and inside
+    # a compiled step it would break the graph (labels are checked when the dataset is built).
+    if target.device.type == "cpu" and batch > 0 and not torch.compiler.is_compiling():
         lo, hi = int(target.min()), int(target.max())
         if lo < 0 or hi >= num_classes:
             raise ValueError(f"target values must lie in [0, {num_classes - 1}], got [{lo}, {hi}]")

@@ -29,6 +29,9 @@ RECIPES: dict[str, dict[str, Any]] = {
         max_steps_per_epoch=None,
         device="auto",
         export="best",
+        devices=1,
+        compile=False,
+        data_pipeline="auto",
     ),
     # Minutes on a CPU: small models, small images, a handful of epochs.
     "quick": dict(
@@ -57,5 +60,8 @@ RECIPES: dict[str, dict[str, Any]] = {
         max_steps_per_epoch=None,
         device="auto",
         export="best",
+        devices=1,
+        compile=False,
+        data_pipeline="auto",
     ),
 }

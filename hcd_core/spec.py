@@ -155,6 +155,12 @@ class TrainingSpec(SpecModel):
     device: Literal["auto", "cpu", "cuda"] | None = None
     # Exported weights: those of the best validation epoch (EMA weights when EMA is on) or the last.
     export: Literal["best", "last"] | None = None
+    # Data-parallel processes (one per GPU on CUDA); batch_size is the global batch, split across them.
+    devices: Annotated[int, Field(ge=1, le=64)] | None = None
+    compile: bool | None = None  # torch.compile the student + method step (and the teacher)
+    # Where in-memory data lives and batches are prepared: auto (on the training device when the
+    # data fits its cap), device (regardless of size) or host (CPU; file datasets per sample).
+    data_pipeline: Literal["auto", "device", "host"] | None = None
 
 
 # --------------------------------------------------------------------------- job
@@ -174,6 +180,9 @@ class JobSpec(SpecModel):
             raise ValueError(f"teacher is required for method {self.method.name!r}")
         t = self.training
         filled = {**RECIPES[t.recipe], **t.model_dump(exclude_none=True)}
+        if filled["batch_size"] % filled["devices"]:
+            raise ValueError(f"training.batch_size ({filled['batch_size']}) must be a multiple of training.devices "
+                             f"({filled['devices']}): each process takes an equal part of every batch")
         if filled["min_lr"] > filled["lr"]:
             raise ValueError("training.min_lr must not exceed training.lr (the recipe's where left out)")
         if t.warmup_epochs is not None and t.epochs is not None and t.warmup_epochs > t.epochs:

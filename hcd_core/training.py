@@ -21,11 +21,13 @@ import numpy as np
 import torch
 import torch.nn as nn
 from torch import Tensor
+from torch.nn.parallel import DistributedDataParallel as DDP
 
 from hcd_core.checkpoint import capture_rng_state, restore_rng_state
 from hcd_core.data import BatchSource
+from hcd_core.distributed import Dist
 from hcd_core.evaluate import evaluate
-from hcd_core.features import StudentNet
+from hcd_core.features import StudentNet, TeacherOutput
 from hcd_core.methods import Method
 from hcd_core.spec import TrainingSpec, required
 from hcd_core.teacher import FrozenTeacher
@@ -259,11 +261,31 @@ class ModelEma:
 
 
 # --------------------------------------------------------------------------- one step
+class DistillStep(nn.Module):
+    """The trainable part of a step: the student's forward and the method's loss terms. This is
+    what DDP wraps (the student and the method's extras together) and what `compile` compiles;
+    the frozen teacher runs before it, outside DDP."""
+
+    def __init__(self, student: StudentNet, method: Method, label_smoothing: float = 0.0) -> None:
+        super().__init__()
+        self.student, self.method, self.label_smoothing = student, method, label_smoothing
+
+    def forward(self, x: Tensor, teacher_out: TeacherOutput | None, y: Tensor, epoch: Tensor) -> dict[str, Tensor]:
+        s_out = self.student(x, with_features=self.method.needs_features)
+        terms: dict[str, Tensor] = self.method(s_out, teacher_out, y, epoch=epoch,
+                                               label_smoothing=self.label_smoothing)
+        return terms
+
+
 class StepRunner:
     """One optimisation step: teacher forward, student forward, method terms, backward, update.
 
-    Returns the method's terms detached (still on the device: the caller syncs once per step), plus
+    Returns the method's terms detached (still on the device: nothing here waits for the GPU), plus
     `grad_norm`, the global gradient norm before clipping, when `grad_clip` is set.
+
+    `dist`: under data parallelism the student and the method's extras run inside DDP (gradients
+    averaged across ranks during backward). `compile`: the student + method step and the teacher
+    each go through `torch.compile` (one graph each after warm-up; the optimiser stays eager).
     """
 
     def __init__(
@@ -278,19 +300,29 @@ class StepRunner:
         grad_clip: float | None = None,
         label_smoothing: float = 0.0,
         ema: ModelEma | None = None,
+        dist: Dist | None = None,
+        compile: bool = False,
     ) -> None:
         self.student, self.teacher, self.method = student, teacher, method
         self.optimizer, self.precision, self.params = optimizer, precision, params
         self.grad_clip, self.label_smoothing, self.ema = grad_clip, label_smoothing, ema
         self.scaler = torch.amp.GradScaler(precision.device_type, enabled=precision.use_scaler)
+        self.dist = dist or Dist()
+        step: nn.Module = DistillStep(student, method, label_smoothing)
+        if self.dist.active:
+            step = DDP(step, device_ids=None)  # buffers (BN statistics) follow rank 0 at each forward
+        self.step: Callable[..., dict[str, Tensor]] = torch.compile(step) if compile else step
+        self.teacher_forward: Callable[[Tensor], TeacherOutput] | None = None
+        if teacher is not None:
+            self.teacher_forward = torch.compile(teacher) if compile else teacher
 
     def __call__(self, x: Tensor, y: Tensor, epoch: float) -> dict[str, Tensor]:
         p = self.precision
         x = p.to_input(x)
         with p.autocast():
-            t_out = self.teacher(x) if self.teacher is not None else None
-            s_out = self.student(x, with_features=self.method.needs_features)
-            terms: dict[str, Tensor] = self.method(s_out, t_out, y, epoch=epoch, label_smoothing=self.label_smoothing)
+            t_out = self.teacher_forward(x) if self.teacher_forward is not None else None
+            # The epoch as a 0-d host tensor: a compiled step takes it as an input, not a constant.
+            terms = self.step(x, t_out, y, torch.tensor(epoch, dtype=torch.float32))
         self.optimizer.zero_grad(set_to_none=True)
         loss: Tensor = self.scaler.scale(terms["loss"])
         loss.backward()  # type: ignore[no-untyped-call]
@@ -304,6 +336,26 @@ class StepRunner:
         if self.ema is not None:
             self.ema.update(self.student.model)
         return out
+
+
+@dataclass
+class PendingStep:
+    """A queued step whose terms are not read yet: they are read (one host sync) once the next step
+    is queued, so the host never waits for the GPU to finish the step it just launched."""
+
+    names: list[str]
+    values: Tensor  # the terms stacked, on the device (averaged across ranks once `handle` is done)
+    handle: Any  # the pending all-reduce, or None
+    lr: float
+    step: int
+    epoch: int
+    images: int  # images in the global batch
+
+    def read(self) -> dict[str, float]:
+        if self.handle is not None:
+            self.handle.wait()
+        values: list[float] = self.values.tolist()
+        return dict(zip(self.names, values, strict=True))
 
 
 def stack_terms(terms: dict[str, Tensor]) -> dict[str, float]:
@@ -357,6 +409,7 @@ class Trainer:
         on_phase: Callable[[str], None] | None = None,
         on_progress: Callable[[Progress], None] | None = None,
         export: str = "best",
+        dist: Dist | None = None,
     ) -> None:
         if export not in ("best", "last"):
             raise ValueError(f"export must be 'best' or 'last', got {export!r}")
@@ -373,6 +426,9 @@ class Trainer:
         self.export = export
         # export "best": a CPU copy of the evaluated model's state at the best epoch (checkpointed).
         self.best_weights: dict[str, Tensor] | None = None
+        self.dist = dist or Dist()
+        self._pending: PendingStep | None = None
+        self._last_report = time.perf_counter()
 
     @property
     def total_steps(self) -> int:
@@ -416,18 +472,21 @@ class Trainer:
         self.best_weights = ckpt.get("best_weights")
         if self.export == "best" and self.state.best_metrics and self.best_weights is None:
             raise ValueError("checkpoint has no best-epoch weights but the spec exports the best epoch")
-        restore_rng_state(ckpt["rng"])
+        ranks = ckpt.get("rng_ranks")
+        # Each rank continues its own RNG streams (exact resume for the same number of processes).
+        restore_rng_state(ranks[self.dist.rank] if ranks and len(ranks) == self.dist.world else ckpt["rng"])
 
     # ----------------------------------------------------------------- running
-    def _point(self, name: str, value: float, epoch: int) -> MetricPoint:
-        return MetricPoint(name=name, value=float(value), step=self.state.global_step, epoch=epoch, ts=time.time())
+    def _point(self, name: str, value: float, epoch: int, step: int | None = None) -> MetricPoint:
+        step = self.state.global_step if step is None else step
+        return MetricPoint(name=name, value=float(value), step=step, epoch=epoch, ts=time.time())
 
     def _phase(self, name: str) -> None:
-        if self.on_phase is not None:
+        if self.on_phase is not None and self.dist.is_main:
             self.on_phase(name)
 
     def _progress(self, epoch: int) -> None:
-        if self.on_progress is not None:
+        if self.on_progress is not None and self.dist.is_main:
             self.on_progress(Progress(epoch=epoch, epochs=self.epochs, step=self.state.global_step,
                                       total_steps=self.total_steps))
 
@@ -436,7 +495,7 @@ class Trainer:
         s = self.state
         self._phase("training")
         self._progress(s.epoch)
-        last = time.perf_counter()
+        self._last_report = time.perf_counter()
         while s.epoch < self.epochs:
             if s.step_in_epoch == 0 or s.epoch_seed is None:
                 s.epoch_seed = int(torch.randint(0, 2**62, (1,), generator=self.data_gen).item())
@@ -446,29 +505,64 @@ class Trainer:
                 x = x.to(self.device, non_blocking=True)
                 y = y.to(self.device, non_blocking=True)
                 terms = self.runner(x, y, epoch=s.epoch + s.step_in_epoch / self.steps_per_epoch)
-                values = stack_terms(terms)  # the step's one host sync
-                now = time.perf_counter()
-                images_per_s = y.shape[0] / max(now - last, 1e-9)
-                last = now
+                names = list(terms)
+                values, handle = self.dist.mean_async(torch.stack([terms[k].float().reshape(()) for k in names]))
                 s.step_in_epoch += 1
                 s.global_step += 1
-                s.epoch_loss_sum += values["loss"]
-                s.epoch_loss_count += 1
-                points = [self._point(k, v, s.epoch) for k, v in values.items()]
-                points += [self._point("lr", lr, s.epoch), self._point("images_per_s", images_per_s, s.epoch)]
-                self.emit(points)
-                self._progress(s.epoch)
-                if (
-                    self.should_stop is not None
-                    and s.global_step % self.stop_check_every == 0
-                    and self.should_stop()
-                ):
-                    self.save(self.state_dict())
+                self._report()  # the previous step's terms, now that this one is queued
+                self._pending = PendingStep(names, values, handle, lr, s.global_step, s.epoch,
+                                            images=y.shape[0] * self.dist.world)
+                if self._stop_requested():
+                    self._report()
+                    self._checkpoint()
                     return "stopped"
+            self._report()
             self._end_epoch()
-            last = time.perf_counter()  # evaluation time is not training throughput
+            self._last_report = time.perf_counter()  # evaluation time is not training throughput
         self._progress(self.epochs)
         return "completed"
+
+    def _stop_requested(self) -> bool:
+        """Polled every `stop_check_every` steps; under data parallelism rank 0 asks and every rank
+        takes the answer (the same steps on every rank, so the collective always matches)."""
+        if self.state.global_step % self.stop_check_every:
+            return False
+        if not self.dist.active:
+            return self.should_stop is not None and self.should_stop()
+        return self.dist.any(self.dist.is_main and self.should_stop is not None and self.should_stop())
+
+    def _report(self) -> None:
+        """Read the pending step's terms (one host sync) and report them."""
+        pending, self._pending = self._pending, None
+        if pending is None:
+            return
+        s = self.state
+        values = pending.read()
+        now = time.perf_counter()
+        images_per_s = pending.images / max(now - self._last_report, 1e-9)
+        self._last_report = now
+        s.epoch_loss_sum += values["loss"]
+        s.epoch_loss_count += 1
+        points = [self._point(k, v, pending.epoch, pending.step) for k, v in values.items()]
+        points += [self._point("lr", pending.lr, pending.epoch, pending.step),
+                   self._point("images_per_s", images_per_s, pending.epoch, pending.step)]
+        self._emit(points)
+        if self.on_progress is not None and self.dist.is_main:
+            self.on_progress(Progress(epoch=pending.epoch, epochs=self.epochs, step=pending.step,
+                                      total_steps=self.total_steps))
+
+    def _emit(self, points: list[MetricPoint]) -> None:
+        if self.dist.is_main:
+            self.emit(points)
+
+    def _checkpoint(self) -> None:
+        """Every rank's RNG state to rank 0, which writes the checkpoint."""
+        rng = self.dist.gather(capture_rng_state())
+        if self.dist.is_main:
+            state = self.state_dict()
+            if self.dist.active:
+                state["rng_ranks"] = rng
+            self.save(state)
 
     def exported_weights(self) -> tuple[dict[str, Tensor], int]:
         """The state dict to export and its (0-based) epoch: the best epoch's or the last one's."""
@@ -480,8 +574,13 @@ class Trainer:
     def _end_epoch(self) -> None:
         s = self.state
         self._phase("evaluating")
+        # Ranks agree on every weight and statistic before evaluating (rank 0's is what is saved).
+        self.dist.broadcast_state(self.runner.student)
+        self.dist.broadcast_state(self.runner.method)
+        if self.runner.ema is not None:
+            self.dist.broadcast_state(self.runner.ema.module)
         # fp32, default memory format: exactly what evaluating the exported weights does.
-        metrics = evaluate(self.eval_model(), self.val_batches, self.device)
+        metrics = evaluate(self.eval_model(), self.val_batches, self.device, reduce=self.dist.sum_host)
         train_loss = s.epoch_loss_sum / max(1, s.epoch_loss_count)
         s.final_metrics = {**metrics, "train_loss": train_loss, "epoch": float(s.epoch)}
         if not s.best_metrics or metrics["val_top1"] > s.best_metrics["val_top1"]:
@@ -496,7 +595,7 @@ class Trainer:
         s.epoch += 1
         s.step_in_epoch, s.epoch_seed = 0, None
         s.epoch_loss_sum, s.epoch_loss_count = 0.0, 0
-        self.emit(points)
-        self.save(self.state_dict())
+        self._emit(points)
+        self._checkpoint()
         if s.epoch < self.epochs:
             self._phase("training")

@@ -552,12 +552,14 @@ class JobRepository:
         return key
 
     # ------------------------------------------------------------------ an attempt's life (worker)
-    def claim_next(self, worker_id: str, lease_seconds: float, running_cap: int) -> tuple[uuid.UUID, int] | None:
+    def claim_next(
+        self, worker_id: str, lease_seconds: float, running_cap: int, max_devices: int = 1
+    ) -> tuple[uuid.UUID, int] | None:
         """queued -> running for the next job by the fair order; (job id, attempt), or None when no job
         can start. Owners take turns: the owner with the fewest running jobs goes first, then the one
         served least recently, then the oldest job; so one owner's long queue never starves another's
         single job. An owner runs at most `running_cap` jobs at once; a job waiting for its teacher is
-        skipped."""
+        skipped, and so is a job that needs more devices (`training.devices`) than `max_devices`."""
         with self.db.session() as session:
             session.execute(text(_CLAIM_LOCK))
             row = session.execute(text(f"""
@@ -571,6 +573,7 @@ class JobRepository:
                     LEFT JOIN running ON running.owner = jobs.owner
                     LEFT JOIN served ON served.owner = jobs.owner
                     WHERE {_READY_SQL} AND coalesce(running.n, 0) < :cap
+                        AND coalesce((jobs.spec -> 'training' ->> 'devices')::int, 1) <= :devices
                     ORDER BY coalesce(running.n, 0), served.last NULLS FIRST, jobs.created_at, jobs.id
                     LIMIT 1 FOR UPDATE OF jobs SKIP LOCKED
                 )
@@ -580,7 +583,7 @@ class JobRepository:
                 FROM candidate WHERE jobs.id = candidate.id
                 RETURNING jobs.id, jobs.attempt
             """), {"cap": running_cap, "to_status": JobStatus.RUNNING.value, "worker": worker_id,
-                   "lease": float(lease_seconds)}).one_or_none()
+                   "lease": float(lease_seconds), "devices": max_devices}).one_or_none()
             if row is None:
                 return None
             job_id, attempt = row

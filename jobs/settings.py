@@ -61,6 +61,9 @@ class Settings(BaseSettings):
     max_attempts: int = Field(3, ge=1, le=20)
     job_runtime_limit_seconds: int = Field(7 * 24 * 3600, ge=10)
     worker_device: str = "auto"  # auto | cpu | cuda | cuda:N
+    # Devices (GPUs; processes on the CPU) one job may use on this worker: it claims only jobs whose
+    # training.devices is at most this (`hcd worker --gpus 0,1,2,3` sets 4).
+    worker_devices: int = Field(1, ge=1, le=64)
     keep_checkpoints: bool = False  # keep training checkpoints after a job succeeds
 
     # Limits

@@ -7,6 +7,7 @@ every state change goes through the repository.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -20,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from hcd_core.launch import HelperRanks
 from hcd_core.spec import JobSpec
 from hcd_core.types import Progress, RunResult
 from jobs.datasets import resolve_dataset, unpacked_dataset
@@ -282,10 +284,22 @@ class Attempt:
         hooks = RunHooks(on_metrics=self.sink.add, should_stop=self.stopper, on_phase=self.phase,
                          on_progress=on_progress, stop_check_every=2, before_checkpoint=before_checkpoint,
                          checkpoint_guard=self.checkpoint_guard, after_checkpoint=self.workspace.checkpoint_saved)
-        return run_job(spec, output_dir=self.workspace.output_dir, checkpoint_dir=self.workspace.checkpoint_dir,
-                       teacher_weights=teacher.weights if teacher else None,
-                       teacher_card=teacher.card if teacher else None, hooks=hooks,
-                       data_root=data_root)
+        devices = spec.training.devices or 1
+        if devices > self.settings.worker_devices:  # the claim skips such jobs; a settings change may not
+            raise ValueError(f"training.devices: the job needs {devices} devices and this worker has "
+                             f"{self.settings.worker_devices} (hcd worker --gpus)")
+        teacher_weights = teacher.weights if teacher else None
+        teacher_card = teacher.card if teacher else None
+        # A multi-device job: this process is rank 0 (with the hooks), helpers on this host the others.
+        ranks = HelperRanks(devices, {
+            "spec": spec.model_dump(mode="json"), "checkpoint_dir": str(self.workspace.checkpoint_dir),
+            "teacher_weights": str(teacher_weights) if teacher_weights else None, "teacher_card": teacher_card,
+            "data_root": str(data_root), "stop_check_every": hooks.stop_check_every,
+        }) if devices > 1 else contextlib.nullcontext()
+        with ranks:
+            return run_job(spec, output_dir=self.workspace.output_dir, checkpoint_dir=self.workspace.checkpoint_dir,
+                           teacher_weights=teacher_weights, teacher_card=teacher_card, hooks=hooks,
+                           data_root=data_root)
 
 
 def run_attempt(settings: Settings, job_id: str, attempt: int) -> int:

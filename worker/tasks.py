@@ -71,7 +71,8 @@ def execute_job(settings: Settings, message_job_id: str) -> str:
     repo = repository(settings)
     worker_id = worker_identity()
     try:
-        claimed = repo.claim_next(worker_id, settings.lease_seconds, settings.max_running_jobs_per_owner)
+        claimed = repo.claim_next(worker_id, settings.lease_seconds, settings.max_running_jobs_per_owner,
+                                  max_devices=settings.worker_devices)
     except Exception as err:
         if not database_unavailable(err):
             raise

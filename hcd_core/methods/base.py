@@ -47,7 +47,7 @@ class Method(nn.Module):
         teacher_out: TeacherOutput | None,
         target: torch.Tensor,
         *,
-        epoch: float = 0.0,
+        epoch: float | torch.Tensor = 0.0,
         label_smoothing: float = 0.0,
     ) -> dict[str, torch.Tensor]:
         raise NotImplementedError

@@ -21,7 +21,7 @@ class CeMethod(Method):
         teacher_out: TeacherOutput | None,
         target: torch.Tensor,
         *,
-        epoch: float = 0.0,
+        epoch: float | torch.Tensor = 0.0,
         label_smoothing: float = 0.0,
     ) -> dict[str, torch.Tensor]:
         ce = cross_entropy(student_out, target, label_smoothing)

@@ -18,10 +18,13 @@ class DkdMethod(Method):
         self.alpha, self.beta, self.temperature = config.alpha, config.beta, config.temperature
         self.w_ce, self.warmup_epochs = config.w_ce, config.warmup_epochs
 
-    def warmup_factor(self, epoch: float) -> float:
-        """Linear warm-up of the KD part over the first `warmup_epochs` epochs."""
+    def warmup_factor(self, epoch: float | torch.Tensor) -> float | torch.Tensor:
+        """Linear warm-up of the KD part over the first `warmup_epochs` epochs. The trainer passes
+        the epoch as a 0-d tensor, so a compiled step sees a value, not a constant to recompile for."""
         if self.warmup_epochs == 0:
             return 1.0
+        if isinstance(epoch, torch.Tensor):
+            return (epoch.float() / self.warmup_epochs).clamp(0.0, 1.0)
         return min(max(float(epoch), 0.0) / self.warmup_epochs, 1.0)
 
     def forward(
@@ -30,7 +33,7 @@ class DkdMethod(Method):
         teacher_out: TeacherOutput | None,
         target: torch.Tensor,
         *,
-        epoch: float = 0.0,
+        epoch: float | torch.Tensor = 0.0,
         label_smoothing: float = 0.0,
     ) -> dict[str, torch.Tensor]:
         teacher_out = require_teacher(self.name, teacher_out)

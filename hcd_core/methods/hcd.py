@@ -70,7 +70,7 @@ class HcdMethod(Method):
         teacher_out: TeacherOutput | None,
         target: torch.Tensor,
         *,
-        epoch: float = 0.0,
+        epoch: float | torch.Tensor = 0.0,
         label_smoothing: float = 0.0,
     ) -> dict[str, torch.Tensor]:
         teacher_out = require_teacher(self.name, teacher_out)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import pytest
@@ -244,3 +245,112 @@ def test_holdout_on_a_file_dataset(tmp_path):
     train, val, info = build_data(spec, batch_size=4)
     assert (info.train_size, info.val_size) == (16, 4)
     assert sum(len(y) for _, y in val.batches()) == 4
+
+
+# --------------------------------------------------------------------------- the device pipeline
+def _reference_batches(images, labels, *, size, norm, batch_size, augment, epoch_seed):
+    """The batches of the host pipeline before batches moved to the device: an image at a time
+    for the crops (a Python loop), the same draws from the same per-batch generator."""
+    import math
+
+    import torch.nn.functional as F
+
+    mean, std = torch.tensor(norm[0]).view(1, 3, 1, 1), torch.tensor(norm[1]).view(1, 3, 1, 1)
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(epoch_seed))
+    for b in range(len(labels) // batch_size):
+        idx = order[b * batch_size : (b + 1) * batch_size]
+        x = F.interpolate(images[idx].float(), size=(size, size), mode="bilinear", align_corners=False)
+        x = x.expand(-1, 3, -1, -1).contiguous()
+        gen = torch.Generator().manual_seed((epoch_seed * 1_000_003 + b) % (2**63))
+        n = x.shape[0]
+        if augment == "crop_flip":
+            pad = max(1, round(4 * size / 32))
+            padded = F.pad(x, (pad, pad, pad, pad))
+            offs = torch.randint(0, 2 * pad + 1, (n, 2), generator=gen)
+            x = torch.stack([padded[i, :, oy : oy + size, ox : ox + size] for i, (oy, ox) in enumerate(offs.tolist())])
+        elif augment == "rrc_flip":
+            area = torch.empty(n).uniform_(0.08, 1.0, generator=gen)
+            r = torch.exp(torch.empty(n).uniform_(math.log(3 / 4), math.log(4 / 3), generator=gen))
+            cw, ch = torch.sqrt(area * r).clamp(max=1.0), torch.sqrt(area / r).clamp(max=1.0)
+            cx = (torch.rand(n, generator=gen) * 2 - 1) * (1 - cw)
+            cy = (torch.rand(n, generator=gen) * 2 - 1) * (1 - ch)
+            theta = torch.zeros(n, 2, 3)
+            theta[:, 0, 0], theta[:, 0, 2], theta[:, 1, 1], theta[:, 1, 2] = cw, cx, ch, cy
+            grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+            x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+        flip = torch.rand(n, generator=gen) < 0.5
+        x = torch.where(flip.view(n, 1, 1, 1), x.flip(-1), x)
+        yield (x - mean) / std, labels[idx]
+
+
+@pytest.mark.parametrize("augment", ["crop_flip", "rrc_flip", "flip"])
+def test_device_pipeline_gives_the_batches_of_the_host_pipeline(augment):
+    from hcd_core.data import DIGITS_HARD_NORM, digits_hard_arrays
+
+    spec = DatasetSpec(name="digits_hard", image_size=32)
+    train, _, _ = build_data(spec, batch_size=64, augment=augment, device=torch.device("cpu"))
+    xtr, ytr, _, _ = digits_hard_arrays()
+    want = _reference_batches(xtr, ytr, size=32, norm=DIGITS_HARD_NORM, batch_size=64, augment=augment,
+                              epoch_seed=77)
+    got = train.batches(epoch_seed=77)
+    for _ in range(3):
+        (x, y), (rx, ry) = next(got), next(want)
+        assert torch.equal(y, ry)
+        assert torch.equal(x, rx)
+    # A resumed epoch starts at its batch and sees the same batches.
+    third = list(itertools.islice(train.batches(epoch_seed=77, start=2), 1))[0]
+    assert torch.equal(third[0], x)
+
+
+@pytest.mark.parametrize("augment", ["crop_flip", "rrc_flip"])
+def test_shards_together_are_the_whole_batch(augment):
+    from hcd_core.data import Shard
+
+    spec = DatasetSpec(name="synthetic", image_size=16, num_classes=3, train_size=48, val_size=10)
+    whole_tr, whole_va, _ = build_data(spec, batch_size=12, augment=augment, eval_batch_size=4)
+    parts = [build_data(spec, batch_size=12, augment=augment, eval_batch_size=4, shard=Shard(r, 3)) for r in range(3)]
+    for b, (x, y) in enumerate(whole_tr.batches(epoch_seed=9)):
+        pieces = [list(p[0].batches(epoch_seed=9))[b] for p in parts]
+        assert all(len(py) == 4 for _, py in pieces)  # an equal part each
+        assert torch.equal(torch.cat([px for px, _ in pieces]), x)
+        assert torch.equal(torch.cat([py for _, py in pieces]), y)
+    # Evaluation: the last batch (2 of 10) splits unevenly; every sample is evaluated exactly once.
+    seen = torch.cat([torch.cat([y for _, y in p[1].batches()]) for p in parts]).sort().values
+    assert torch.equal(seen, torch.cat([y for _, y in whole_va.batches()]).sort().values)
+
+
+def test_imagefolder_cache_matches_the_per_sample_loader(tmp_path):
+    """Decoded once to a uint8 cache, an imagefolder's evaluation batches are those of torchvision's
+    Resize + CenterCrop per sample; its training batches are a function of the epoch seed."""
+    from PIL import Image
+
+    gen = torch.Generator().manual_seed(0)
+    for split in ("train", "val"):
+        for cls in ("a", "b"):
+            (tmp_path / split / cls).mkdir(parents=True)
+            for i in range(5):
+                pixels = torch.randint(0, 256, (40, 40, 3), generator=gen, dtype=torch.uint8).numpy()
+                Image.fromarray(pixels).save(tmp_path / split / cls / f"{i}.png")
+    spec = DatasetSpec(name="imagefolder", root=str(tmp_path), image_size=24)
+    tr, va, _ = build_data(spec, batch_size=4, augment="rrc_flip", eval_batch_size=4, pipeline="auto")
+    _, va_host, _ = build_data(spec, batch_size=4, augment="rrc_flip", eval_batch_size=4, pipeline="host")
+    assert type(va).__name__ == "TensorBatches" and type(va_host).__name__ == "LoaderBatches"
+    for (x, y), (hx, hy) in zip(va.batches(), va_host.batches(), strict=True):
+        assert torch.equal(y, hy)
+        torch.testing.assert_close(x, hx, atol=1e-5, rtol=0)
+    first = torch.cat([x for x, _ in tr.batches(epoch_seed=3)])
+    assert torch.equal(first, torch.cat([x for x, _ in tr.batches(epoch_seed=3)]))
+    assert first.shape == (8, 3, 24, 24)
+    # Over the cap, the same dataset is read per sample by the DataLoader.
+    tr_big, _, _ = build_data(spec, batch_size=4, pipeline="auto", cache_max_bytes=1)
+    assert type(tr_big).__name__ == "LoaderBatches"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_device_pipeline_on_cuda_matches_the_cpu():
+    spec = DatasetSpec(name="digits_hard", image_size=32)
+    cpu, _, _ = build_data(spec, batch_size=64, augment="crop_flip")
+    gpu, _, _ = build_data(spec, batch_size=64, augment="crop_flip", device=torch.device("cuda"))
+    (x, y), (gx, gy) = next(cpu.batches(epoch_seed=5)), next(gpu.batches(epoch_seed=5))
+    assert gx.is_cuda and torch.equal(gy.cpu(), y)
+    torch.testing.assert_close(gx.cpu(), x, atol=1e-5, rtol=0)

@@ -141,6 +141,23 @@ def test_min_lr_is_checked_against_the_recipes_lr():
     assert parse_spec(_base(training={"min_lr": 1.0, "lr": 2.0})).resolved().training.min_lr == 1.0
 
 
+def test_batch_size_must_split_evenly_over_the_devices():
+    assert "must be a multiple of training.devices" in _error_text(_base(training={"devices": 3}))  # quick: 64
+    spec = parse_spec(_base(training={"devices": 4})).resolved().training
+    assert (spec.devices, spec.compile, spec.data_pipeline) == (4, False, "auto")
+
+
+def test_a_multi_device_spec_run_as_one_process_says_how_to_launch_it(tmp_path):
+    from hcd_core.engine import run_job
+
+    spec = parse_spec({"method": {"name": "ce"}, "student": {"arch": "test_resnet"},
+                       "dataset": {"name": "synthetic", "image_size": 16, "num_classes": 2, "train_size": 8,
+                                   "val_size": 4},
+                       "training": {"devices": 2, "batch_size": 4, "device": "cpu"}})
+    with pytest.raises(ValueError, match="--nproc-per-node 2"):
+        run_job(spec, output_dir=tmp_path / "o", checkpoint_dir=tmp_path / "c")
+
+
 # --------------------------------------------------------------------------- finite, bounded numbers
 def test_infinite_teacher_mean_is_named():
     doc = json.loads('{"teacher": {"mean": [1e999, 0, 0]}}')  # Python's json reads 1e999 as inf

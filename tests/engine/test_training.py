@@ -166,7 +166,7 @@ def test_before_checkpoint_hook_runs_before_every_checkpoint_with_all_points_rep
 
     hooks = RunHooks(on_metrics=lambda points: reported_steps.extend(p.step for p in points),
                      before_checkpoint=before_checkpoint,
-                     should_stop=lambda: max(reported_steps) >= 7, stop_check_every=1)
+                     should_stop=lambda: max(reported_steps, default=0) >= 7, stop_check_every=1)
     result = run_job(_spec(teacher_file, epochs=3), output_dir=tmp_path / "o", checkpoint_dir=tmp_path / "c",
                      hooks=hooks)
     saved = torch.load(ckpt, weights_only=True)["loop"]["global_step"]
@@ -344,3 +344,41 @@ def test_grad_norm_is_a_step_metric_when_clipping(tmp_path, teacher_file):
     norms = [p for p in points if p.name == "grad_norm"]
     assert [p.step for p in norms] == list(range(1, STEPS_PER_EPOCH + 1))
     assert all(p.value > 0 for p in norms)
+
+
+def test_step_metrics_are_read_after_the_next_step_is_queued(tmp_path, teacher_file):
+    """No host sync per step: step t's terms are read (and reported) only once step t+1 is queued;
+    the last step of an epoch is read before evaluation."""
+    from hcd_core.engine import build, train
+    from hcd_core.export import MetricsLog
+
+    events: list[tuple[str, int]] = []
+
+    def emit(points) -> None:
+        steps = {p.step for p in points if p.name == "loss"}
+        events.extend(("report", s) for s in sorted(steps))
+        if any(p.name == "val_top1" for p in points):
+            events.append(("eval", points[0].step))
+
+    job = build(_spec(teacher_file).resolved(), teacher_weights=None, teacher_card=None, data_root=None,
+                hooks=RunHooks(), emit=emit, save=lambda state: None)
+    runner = job.trainer.runner
+    calls = {"n": 0}
+
+    class Recording:
+        def __getattr__(self, name):
+            return getattr(runner, name)
+
+        def __call__(self, *args, **kwargs):
+            calls["n"] += 1
+            events.append(("queue", calls["n"]))
+            return runner(*args, **kwargs)
+
+    job.trainer.runner = Recording()
+    assert train(job, None, MetricsLog(tmp_path / "m.jsonl")) == "completed"
+    per_epoch = [("queue", 1)]
+    for step in range(2, STEPS_PER_EPOCH + 1):
+        per_epoch += [("queue", step), ("report", step - 1)]
+    per_epoch += [("report", STEPS_PER_EPOCH), ("eval", STEPS_PER_EPOCH)]
+    shifted = [(kind, n + STEPS_PER_EPOCH) for kind, n in per_epoch]
+    assert events == per_epoch + shifted
