@@ -1,10 +1,12 @@
 """Datasets, augmentation and deterministic batch iteration.
 
-Two kinds of data:
-- tensor datasets (`digits`, `digits_hard`, `synthetic`): held in memory at a small base resolution
-  in [0, 1]; each batch is upscaled, augmented on tensors and normalised in one go (no DataLoader).
-- file datasets (`cifar10`, `cifar100`, `imagefolder`): torchvision datasets with per-sample
-  transforms, read through a DataLoader.
+Two ways to make batches:
+- in memory (`TensorBatches`), on the training device: the tensor datasets (`digits`, `digits_hard`,
+  `synthetic`, generated at a small base resolution in [0, 1]), CIFAR (torchvision's uint8 arrays)
+  and imagefolders whose uint8 cache fits the cap (decoded once); each batch is resized, augmented
+  and normalised in one go where the data is (no DataLoader).
+- per sample (`LoaderBatches`): larger imagefolders (and any file dataset with pipeline "host"),
+  torchvision transforms in DataLoader workers.
 
 Shuffling and augmentation are pure functions of an `epoch_seed` (drawn by the trainer from a
 checkpointed generator) and the sample/batch index, so a run resumed mid-epoch sees exactly the
@@ -102,13 +104,12 @@ class Shard:
 
 class BatchSource:
     """An epoch's batches as a function of (epoch_seed, first batch index); with a `shard`, this
-    rank's part of each batch. `device` is where the batches come out (None: host memory)."""
+    rank's part of each batch."""
 
     num_samples: int
     batch_size: int
     drop_last: bool
     shard: Shard = Shard()
-    device: torch.device | None = None
 
     def num_batches(self) -> int:
         if self.drop_last and self.num_samples >= self.batch_size:
@@ -154,7 +155,6 @@ class TensorBatches(BatchSource):
         device: torch.device | None = None,
         shard: Shard = Shard(),
     ) -> None:
-        self.device = device
         self.images, self.labels = images.to(device or "cpu"), labels.to(device or "cpu")
         self.image_size = image_size
         self.crop = crop  # a centre crop of this size first (cached imagefolders: Resize + CenterCrop)

@@ -9,9 +9,9 @@ every batch and writes nothing. The ranks meet through torch's environment rende
     with HelperRanks(world, payload):      # sets RANK/WORLD_SIZE/... for rank 0, starts ranks 1..N-1
         run_job(spec, ...)                 # rank 0, with its hooks
 
-A helper dies with the thread that started it (Linux: PR_SET_PDEATHSIG; enter the block on the
-thread that runs the job); a helper that dies makes rank 0 fail at its next collective (gloo at
-once, NCCL within `hcd_core.distributed.COLLECTIVE_TIMEOUT`).
+A helper dies with the process that started it (Linux: PR_SET_PDEATHSIG; enter the block on the
+thread that runs the job, as the signal follows the starting thread); a helper that dies makes
+rank 0 fail at its next collective (gloo at once, NCCL within `COLLECTIVE_TIMEOUT`).
 """
 
 from __future__ import annotations
@@ -37,11 +37,15 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _die_with_parent() -> None:  # runs in the child between fork and exec
+def _die_with_parent(parent: int) -> None:
+    """In a helper, first thing: be killed when the process that started it ends (Linux), and end
+    now if it already has (the check after the prctl closes the race)."""
     if sys.platform.startswith("linux"):
         import ctypes
 
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:
+        sys.exit(1)
 
 
 class HelperRanks:
@@ -63,8 +67,8 @@ class HelperRanks:
         for rank in range(1, self.world):
             env = {**os.environ, **common, "RANK": str(rank), "LOCAL_RANK": str(rank)}
             self.procs.append(subprocess.Popen(
-                [sys.executable, "-m", "hcd_core.launch", str(payload_path)], env=env,
-                stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent,
+                [sys.executable, "-m", "hcd_core.launch", str(payload_path), str(os.getpid())], env=env,
+                stdin=subprocess.DEVNULL,
             ))
         self._saved = {k: os.environ.get(k) for k in _ENV_KEYS}
         os.environ.update({**common, "RANK": "0", "LOCAL_RANK": "0"})
@@ -105,5 +109,6 @@ def run_helper(payload_path: Path) -> int:
 
 
 if __name__ == "__main__":
+    _die_with_parent(int(sys.argv[2]))
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # rank 0 decides when the run stops
     sys.exit(run_helper(Path(sys.argv[1])))

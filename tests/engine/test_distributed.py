@@ -94,3 +94,54 @@ def test_hcd_train_with_two_processes_learns(doc, tmp_path):
     k = max(1, len(losses) // 4)
     assert sum(losses[-k:]) / k < sum(losses[:k]) / k
     assert result["final"]["val_top1"] > 100 / 4 + 10  # 4 classes: chance is 25%
+
+
+_PARENT = """
+import json, sys, time
+from pathlib import Path
+from hcd_core.engine import run_job
+from hcd_core.launch import HelperRanks
+from hcd_core.spec import JobSpec
+spec = JobSpec.model_validate(json.loads(sys.argv[1])).resolved()
+out = Path(sys.argv[2])
+payload = {"spec": spec.model_dump(mode="json"), "checkpoint_dir": str(out / "ckpt"), "teacher_weights": None,
+           "teacher_card": None, "data_root": None, "stop_check_every": 1}
+with HelperRanks(2, payload) as ranks:
+    print(json.dumps([p.pid for p in ranks.procs]), flush=True)
+    if sys.argv[3] == "train":
+        run_job(spec, output_dir=out / "o", checkpoint_dir=out / "ckpt")
+    else:  # rank 0 never joins: the helper waits at the rendezvous, where no peer can fail it
+        time.sleep(600)
+"""
+
+
+@pytest.mark.parametrize("stage", ["train", "rendezvous"])
+def test_helper_ranks_die_with_the_process_that_started_them(doc, tmp_path, stage):
+    """A job process killed outright (SIGKILL: no cleanup runs) takes its helper ranks with it,
+    whether they are training (a collective fails) or waiting to meet it (only the death signal)."""
+    import os
+    import signal
+    import time
+
+    d = json.loads(json.dumps(doc))
+    d["training"].update({"epochs": 1000, "max_steps_per_epoch": 50})
+    parent = subprocess.Popen([sys.executable, "-c", _PARENT, json.dumps(d), str(tmp_path), stage],
+                              stdout=subprocess.PIPE, text=True)
+    helpers = json.loads(parent.stdout.readline())
+    time.sleep(3)  # the ranks meet and start training
+    assert parent.poll() is None
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+
+    def alive(pid: int) -> bool:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        with open(f"/proc/{pid}/stat") as fh:  # a zombie has exited; its parent is gone
+            return fh.read().split(") ")[1][0] != "Z"
+
+    deadline = time.monotonic() + 20
+    while any(alive(pid) for pid in helpers) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(alive(pid) for pid in helpers)
