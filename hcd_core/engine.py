@@ -116,7 +116,7 @@ def _run(
     with writing("the checkpoint directory"):
         checkpoint_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = checkpoint_dir / CHECKPOINT_NAME
-    spec_hash = sha256_json(spec.model_dump(mode="json"))
+    spec_hash = checkpoint_spec_hash(spec)
     # Refuse a foreign checkpoint before spending time on building anything.
     ckpt = load_checkpoint(ckpt_path, expected_spec_hash=spec_hash) if ckpt_path.is_file() else None
 
@@ -147,6 +147,23 @@ def _run(
             hooks.on_phase("exporting")
         result.artifacts = export(job, output_dir)
     return result
+
+
+# Training fields added after checkpoints were first written, with the value that means "as before":
+# left out of the hash at that value, so a checkpoint written before they existed still resumes.
+# `compile` never changes what a step computes, so it is left out at any value.
+_HASH_NEUTRAL = {"devices": 1, "data_pipeline": "auto"}
+
+
+def checkpoint_spec_hash(spec: JobSpec) -> str:
+    """The hash a checkpoint is bound to: the resolved spec, less the fields that do not change the run."""
+    doc = spec.model_dump(mode="json")
+    training = doc["training"]
+    training.pop("compile", None)
+    for name, neutral in _HASH_NEUTRAL.items():
+        if training.get(name) == neutral:
+            training.pop(name)
+    return sha256_json(doc)
 
 
 # --------------------------------------------------------------------------- build

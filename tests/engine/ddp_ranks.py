@@ -34,16 +34,15 @@ def train_rank(rank: int, world: int, port: int, doc: dict[str, Any], out: str, 
     torch.set_num_threads(1)
     from hcd_core.checkpoint import CHECKPOINT_NAME, load_checkpoint
     from hcd_core.distributed import join_group, leave_group
-    from hcd_core.engine import build, train
+    from hcd_core.engine import build, checkpoint_spec_hash, train
     from hcd_core.export import METRICS_NAME, MetricsLog
-    from hcd_core.hashing import sha256_json
     from hcd_core.spec import parse_spec
     from hcd_core.types import RunHooks
 
     spec = parse_spec(doc).resolved()
     base = Path(out)
     ckpt_path = base / "ckpt" / CHECKPOINT_NAME
-    spec_hash = sha256_json(spec.model_dump(mode="json"))
+    spec_hash = checkpoint_spec_hash(spec)
 
     def save(state: dict[str, Any]) -> None:
         from hcd_core.checkpoint import save_checkpoint

@@ -382,3 +382,20 @@ def test_step_metrics_are_read_after_the_next_step_is_queued(tmp_path, teacher_f
     per_epoch += [("report", STEPS_PER_EPOCH), ("eval", STEPS_PER_EPOCH)]
     shifted = [(kind, n + STEPS_PER_EPOCH) for kind, n in per_epoch]
     assert events == per_epoch + shifted
+
+
+def test_checkpoints_written_before_the_scaling_fields_still_match(teacher_file):
+    """devices, data_pipeline and compile joined the spec after checkpoints existed: at their "as
+    before" values the hash a checkpoint is bound to is the one of a spec without them; another
+    number of processes is another run; compiling or not is the same run."""
+    from hcd_core.engine import checkpoint_spec_hash
+    from hcd_core.hashing import sha256_json
+
+    spec = _spec(teacher_file).resolved()
+    old = spec.model_dump(mode="json")
+    for name in ("devices", "compile", "data_pipeline"):
+        old["training"].pop(name)
+    assert checkpoint_spec_hash(spec) == sha256_json(old)
+    assert checkpoint_spec_hash(_spec(teacher_file, compile=True).resolved()) == sha256_json(old)
+    assert checkpoint_spec_hash(_spec(teacher_file, devices=2).resolved()) != sha256_json(old)
+    assert checkpoint_spec_hash(_spec(teacher_file, data_pipeline="host").resolved()) != sha256_json(old)
