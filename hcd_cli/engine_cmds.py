@@ -127,9 +127,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     return _run_train(args, spec, teacher_weights, teacher_card, checkpoint_dir)
 
 
+STOP_REQUEST = ".stop-request"  # in the output folder: rank 0 of a torchrun'd `hcd train` stops there
+
+
 def _launch_torchrun(args: argparse.Namespace, devices: int) -> int:
     """Run this same command in `devices` processes on this machine through torchrun (single node;
-    several nodes: run torchrun yourself, see docs/scaling.md)."""
+    several nodes: run torchrun yourself, see docs/scaling.md).
+
+    torchrun turns a Ctrl-C into shutting its workers down, so it runs in a session of its own: a
+    Ctrl-C here asks rank 0 to stop after the step (a file in the output folder; the ranks
+    checkpoint and end, exit 130), a second one ends torchrun and the ranks at once.
+    """
     import subprocess
 
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={devices}",
@@ -138,7 +146,35 @@ def _launch_torchrun(args: argparse.Namespace, devices: int) -> int:
     if args.data_root is not None:
         command += ["--data-root", str(args.data_root)]
     command += ["--resume"] * args.resume + ["--no-progress"] * args.no_progress
-    return subprocess.call(command)
+    stop_file = args.output / STOP_REQUEST
+    stop_file.unlink(missing_ok=True)
+    run = subprocess.Popen(command, start_new_session=True)
+
+    def on_sigint(signum: int, frame: FrameType | None) -> None:
+        if stop_file.exists():
+            os.killpg(run.pid, signal.SIGTERM)
+            return
+        args.output.mkdir(parents=True, exist_ok=True)
+        stop_file.touch()
+        print("\nstopping after this step (Ctrl-C again to abort)...", file=sys.stderr)
+
+    def on_sigterm(signum: int, frame: FrameType | None) -> None:
+        os.killpg(run.pid, signal.SIGTERM)  # the ranks must not outlive this command
+
+    handlers = {signal.SIGINT: on_sigint, signal.SIGTERM: on_sigterm}
+    previous = {sig: signal.signal(sig, handler) for sig, handler in handlers.items()} if _main_thread() else {}
+    try:
+        code = run.wait()
+    except BaseException:
+        os.killpg(run.pid, signal.SIGTERM)
+        raise
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if stop_file.exists():
+        stop_file.unlink()
+        return 130 if code == 0 else code
+    return code
 
 
 def _run_train(
@@ -176,10 +212,15 @@ def _run_train(
         if stop["requested"]:
             raise KeyboardInterrupt
         stop["requested"] = True
-        print("\nstopping after this step (Ctrl-C again to abort)...", file=sys.stderr)
+        if not rank:
+            print("\nstopping after this step (Ctrl-C again to abort)...", file=sys.stderr)
 
-    hooks = RunHooks(on_metrics=on_metrics, on_progress=on_progress, should_stop=lambda: stop["requested"],
-                     stop_check_every=1)
+    stop_file = args.output / STOP_REQUEST  # under torchrun, the launching command's Ctrl-C
+
+    def should_stop() -> bool:
+        return stop["requested"] or (rank == 0 and "WORLD_SIZE" in os.environ and stop_file.exists())
+
+    hooks = RunHooks(on_metrics=on_metrics, on_progress=on_progress, should_stop=should_stop, stop_check_every=1)
     previous = signal.signal(signal.SIGINT, on_sigint) if _main_thread() else None
     try:
         result = run_job(spec, output_dir=args.output, checkpoint_dir=checkpoint_dir,
@@ -192,15 +233,16 @@ def _run_train(
             bar.close()
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
+    under_torchrun = "TORCHELASTIC_RUN_ID" in os.environ  # torchrun counts any other exit code as a failure
     if rank:
-        return 130 if result.status == "stopped" else 0
+        return 130 if result.status == "stopped" and not under_torchrun else 0
     out = {"status": result.status, "epoch": result.epoch, "step": result.step,
            "final": result.final_metrics, "best": result.best_metrics,
            "artifacts": {k: str(v) for k, v in result.artifacts.items()}}
     print(json.dumps(out))
     if result.status == "stopped":
         print(f"stopped; continue with: hcd train {args.spec} --output {args.output} --resume", file=sys.stderr)
-        return 130
+        return 0 if under_torchrun else 130
     return 0
 
 

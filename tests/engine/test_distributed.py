@@ -145,3 +145,39 @@ def test_helper_ranks_die_with_the_process_that_started_them(doc, tmp_path, stag
     while any(alive(pid) for pid in helpers) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not any(alive(pid) for pid in helpers)
+
+
+def test_ctrl_c_stops_a_torchrun_training_after_the_step_and_resume_finishes_it(doc, tmp_path):
+    """Ctrl-C in the terminal (SIGINT to the foreground process group) of `hcd train
+    --nproc-per-node 2`: the ranks stop at the same step, rank 0 checkpoints, the command exits 130
+    with no torchrun traceback; --resume finishes the run."""
+    import os
+    import signal
+    import time
+
+    d = json.loads(json.dumps(doc))
+    d["training"].update({"epochs": 3, "max_steps_per_epoch": 30})
+    d["dataset"]["train_size"] = 512  # 32 batches of 16: 30 steps an epoch
+    spec_path = tmp_path / "spec.json"
+    spec_path.write_text(json.dumps(d))
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "hcd_cli.main", "train", str(spec_path), "--output", str(out), "--no-progress"]
+    proc = subprocess.Popen(command, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (out / "metrics.jsonl").is_file() or not (out / "metrics.jsonl").read_text():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr[-3000:]
+    assert "Traceback" not in stderr and "continue with" in stderr
+    stopped = json.loads(stdout.strip().splitlines()[-1])
+    assert stopped["status"] == "stopped" and 0 < stopped["step"] < 90
+    assert (out / "checkpoint" / "checkpoint.pt").is_file() and not (out / ".stop-request").exists()
+
+    done = subprocess.run(command + ["--resume"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1])["step"] == 90
+    steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()
+             if json.loads(line)["name"] == "loss"]
+    assert steps == list(range(1, 91))  # every step once: none lost, none repeated across the stop
