@@ -162,6 +162,14 @@ class TrainingSpec(SpecModel):
     # data fits its cap), device (regardless of size) or host (CPU; file datasets per sample).
     data_pipeline: Literal["auto", "device", "host"] | None = None
 
+    @model_validator(mode="after")
+    def _check_devices(self) -> "TrainingSpec":
+        filled = {**RECIPES[self.recipe], **self.model_dump(exclude_none=True)}
+        if filled["batch_size"] % filled["devices"]:
+            raise ValueError(f"batch_size ({filled['batch_size']}) must be a multiple of devices "
+                             f"({filled['devices']}): each process takes an equal part of every batch")
+        return self
+
 
 # --------------------------------------------------------------------------- job
 class JobSpec(SpecModel):
@@ -180,9 +188,6 @@ class JobSpec(SpecModel):
             raise ValueError(f"teacher is required for method {self.method.name!r}")
         t = self.training
         filled = {**RECIPES[t.recipe], **t.model_dump(exclude_none=True)}
-        if filled["batch_size"] % filled["devices"]:
-            raise ValueError(f"training.batch_size ({filled['batch_size']}) must be a multiple of training.devices "
-                             f"({filled['devices']}): each process takes an equal part of every batch")
         if filled["min_lr"] > filled["lr"]:
             raise ValueError("training.min_lr must not exceed training.lr (the recipe's where left out)")
         if t.warmup_epochs is not None and t.epochs is not None and t.warmup_epochs > t.epochs:

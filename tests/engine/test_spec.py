@@ -142,7 +142,8 @@ def test_min_lr_is_checked_against_the_recipes_lr():
 
 
 def test_batch_size_must_split_evenly_over_the_devices():
-    assert "must be a multiple of training.devices" in _error_text(_base(training={"devices": 3}))  # quick: 64
+    assert "must be a multiple of devices" in _error_text(_base(training={"devices": 3}))  # quick: 64
+    assert "training" in _locs(_base(training={"devices": 3}))
     spec = parse_spec(_base(training={"devices": 4})).resolved().training
     assert (spec.devices, spec.compile, spec.data_pipeline) == (4, False, "auto")
 
