@@ -27,6 +27,8 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     up.add_argument("--port", type=int, default=None, help="API port (default HCD_PORT or 8000)")
     up.add_argument("--data-dir", default=None, help="data directory (default HCD_DATA_DIR or ./hcd-data)")
     up.add_argument("--device", default=None, help="the worker's device: auto, cpu, cuda, cuda:N")
+    up.add_argument("--gpus", default=None, metavar="0,1",
+                    help="the worker's GPUs (as hcd worker --gpus): jobs with training.devices up to their number")
     up.add_argument("--verbose", "-v", action="store_true",
                     help="show the API's and the worker's output here (default: DATA_DIR/logs/api.log, worker.log)")
     up.set_defaults(func=cmd_up)
@@ -105,10 +107,10 @@ def _apply_device(device: str) -> None:
         os.environ["CUDA_VISIBLE_DEVICES"] = device.split(":", 1)[1]
 
 
-def _apply_gpus(gpus: str) -> None:
+def _apply_gpus(gpus: str, command: str = "hcd worker") -> None:
     ids = [g.strip() for g in gpus.split(",") if g.strip()]
     if not ids or not all(g.isdigit() for g in ids) or len(set(ids)) != len(ids):
-        raise SystemExit(f"hcd worker: --gpus takes distinct GPU indices such as 0,1,2,3, got {gpus!r}")
+        raise SystemExit(f"{command}: --gpus takes distinct GPU indices such as 0,1,2,3, got {gpus!r}")
     os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(ids)
     os.environ["HCD_WORKER_DEVICE"] = "cuda"
     os.environ["HCD_WORKER_DEVICES"] = str(len(ids))
@@ -302,6 +304,10 @@ def cmd_up(args: argparse.Namespace) -> int:
     warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")  # platformdirs, as root: noise
     if args.data_dir:
         os.environ["HCD_DATA_DIR"] = str(Path(args.data_dir).expanduser().resolve())
+    if args.gpus and args.device:
+        raise SystemExit("hcd up: give --gpus or --device, not both")
+    if args.gpus:
+        _apply_gpus(args.gpus, "hcd up")
     if args.device:
         _apply_device(args.device)
     settings = load_settings()

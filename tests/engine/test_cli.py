@@ -86,3 +86,33 @@ def test_missing_teacher_file_and_unreadable_spec(tmp_path, capsys):
     broken.write_text("{not json")
     assert main(["train", str(broken), "--output", str(tmp_path / "o")]) == 2
     assert main(["eval", str(tmp_path / "none.safetensors"), "--dataset", "digits"]) == 2
+
+
+def _forget_on_teardown(monkeypatch) -> None:
+    """Unset what --gpus exports, and have pytest restore it after the test (set first: monkeypatch
+    records only variables that existed)."""
+    for name in ("CUDA_VISIBLE_DEVICES", "HCD_WORKER_DEVICE", "HCD_WORKER_DEVICES"):
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
+
+
+@pytest.mark.parametrize("command", ["worker", "up"])
+@pytest.mark.parametrize("gpus", ["0,0", "a,b", ","])
+def test_gpus_must_be_distinct_indices(command, gpus, monkeypatch):
+    _forget_on_teardown(monkeypatch)
+    with pytest.raises(SystemExit, match="distinct GPU indices"):
+        main([command, "--gpus", gpus])
+    assert "CUDA_VISIBLE_DEVICES" not in __import__("os").environ  # nothing was exported
+
+
+def test_gpus_sets_what_the_worker_reads(monkeypatch):
+    import os
+
+    from hcd_cli.server_cmds import _apply_gpus
+    from jobs.settings import Settings
+
+    _forget_on_teardown(monkeypatch)
+    _apply_gpus("2, 3")
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "2,3"
+    settings = Settings()
+    assert (settings.worker_device, settings.worker_devices) == ("cuda", 2)
