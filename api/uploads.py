@@ -13,12 +13,17 @@ import json
 import os
 import struct
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, AsyncIterator
+from typing import IO, TYPE_CHECKING, Any, AsyncIterator, TypeVar
 
+import anyio
+from fastapi import Request
 from python_multipart.multipart import MultipartParser, parse_options_header
 
+from api.artifact_files import in_store_thread
+from api.deps import in_db_thread
 from api.problems import ProblemError
 
 if TYPE_CHECKING:
@@ -227,3 +232,21 @@ def check_fits_model(path: Path, arch: str, num_classes: int, image_size: int | 
     if problems:
         hint = "" if image_size else " (for ViT-like models pass the image_size it was trained at)"
         raise invalid_upload(f"the weights do not fit {arch} with {num_classes} classes: " + "; ".join(problems) + hint)
+
+
+Row = TypeVar("Row")
+
+
+async def keep_upload(
+    request: Request, staged: Path, upload_id: uuid.UUID, suffix: str, record: Callable[[str], Row]
+) -> Row:
+    """Move a checked upload into the store, then record it in the database with `record(key)`;
+    when the record fails (or the client goes away meanwhile) the stored file is removed again."""
+    store = request.app.state.store
+    key = await in_store_thread(store.store_upload, staged, upload_id, suffix)
+    try:
+        return await in_db_thread(request, record, key)
+    except BaseException:
+        with anyio.CancelScope(shield=True):
+            await in_store_thread(store.delete_upload, key)
+        raise

@@ -7,7 +7,6 @@ import uuid
 from pathlib import Path
 from typing import Annotated, Any
 
-import anyio
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 
@@ -18,7 +17,7 @@ from api.json_body import json_response
 from api.pagination import DEFAULT_LIMIT, MAX_LIMIT, decode_newest_first, newest_first_page
 from api.schemas import DatasetList, DatasetOut
 from api.submission import parse_uuid
-from api.uploads import invalid_upload, receive_upload
+from api.uploads import invalid_upload, keep_upload, receive_upload
 from jobs.archives import ArchiveLimits, DatasetSummary, archive_kind, unpack_dataset
 from jobs.datasets import ARCHIVE_SUFFIXES, archive_limits
 from jobs.tables import UploadedDataset
@@ -82,19 +81,13 @@ async def upload_dataset(request: Request, owner: Owner) -> Response:
             raise invalid_upload(f"form field 'name' is required: 1 to {_NAME_CHARS} printable characters", "name")
         scratch = staging / f".check-{uuid.uuid4().hex}"
         kind, summary = await run_in_threadpool(_check, parsed.file_path, scratch, archive_limits(settings))
-        dataset_id = uuid.uuid4()
-        key = await in_store_thread(store.store_upload, parsed.file_path, dataset_id, ARCHIVE_SUFFIXES[kind])
-        row = UploadedDataset(
-            id=dataset_id, owner=owner, name=name, filename=parsed.filename or f"dataset{ARCHIVE_SUFFIXES[kind]}",
-            path=key, size=parsed.size, sha256=parsed.sha256, classes=summary.classes,
-            num_train=summary.num_train, num_val=summary.num_val,
-        )
-        try:
-            row = await in_db_thread(request, state.repo.add_dataset, row)
-        except BaseException:
-            with anyio.CancelScope(shield=True):  # also when the client went away meanwhile
-                await in_store_thread(store.delete_upload, key)
-            raise
+        dataset_id, suffix = uuid.uuid4(), ARCHIVE_SUFFIXES[kind]
+        row = await keep_upload(request, parsed.file_path, dataset_id, suffix, lambda key: state.repo.add_dataset(
+            UploadedDataset(
+                id=dataset_id, owner=owner, name=name, filename=parsed.filename or f"dataset{suffix}",
+                path=key, size=parsed.size, sha256=parsed.sha256, classes=summary.classes,
+                num_train=summary.num_train, num_val=summary.num_val,
+            )))
     finally:
         parsed.file_path.unlink(missing_ok=True)
     body = DatasetOut.model_validate(dataset_to_dict(row)).model_dump(mode="json")

@@ -7,7 +7,6 @@ import math
 import uuid
 from typing import Annotated, Any
 
-import anyio
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 
@@ -18,7 +17,7 @@ from api.json_body import json_response
 from api.pagination import DEFAULT_LIMIT, MAX_LIMIT, decode_newest_first, newest_first_page
 from api.schemas import ModelList, ModelOut
 from api.submission import parse_uuid
-from api.uploads import check_fits_model, invalid_upload, receive_upload
+from api.uploads import check_fits_model, invalid_upload, keep_upload, receive_upload
 from hcd_core.models import ALLOWED_ARCHS
 from jobs.tables import UploadedModel
 
@@ -109,18 +108,12 @@ async def upload_model(request: Request, owner: Owner) -> Response:
         mean, std = _triple(fields, "mean", False), _triple(fields, "std", True)
         await run_in_threadpool(check_fits_model, parsed.file_path, arch, num_classes, image_size)
         model_id = uuid.uuid4()
-        key = await in_store_thread(store.store_upload, parsed.file_path, model_id)
-        row = UploadedModel(
-            id=model_id, owner=owner, arch=arch, num_classes=num_classes, image_size=image_size,
-            mean=mean, std=std, filename=parsed.filename or "model.safetensors",
-            path=key, size=parsed.size, sha256=parsed.sha256,
-        )
-        try:
-            row = await in_db_thread(request, state.repo.add_model, row)
-        except BaseException:
-            with anyio.CancelScope(shield=True):  # also when the client went away meanwhile
-                await in_store_thread(store.delete_upload, key)
-            raise
+        row = await keep_upload(request, parsed.file_path, model_id, ".safetensors", lambda key: state.repo.add_model(
+            UploadedModel(
+                id=model_id, owner=owner, arch=arch, num_classes=num_classes, image_size=image_size,
+                mean=mean, std=std, filename=parsed.filename or "model.safetensors",
+                path=key, size=parsed.size, sha256=parsed.sha256,
+            )))
     finally:
         parsed.file_path.unlink(missing_ok=True)
     body = ModelOut.model_validate(model_to_dict(row)).model_dump(mode="json")
