@@ -73,8 +73,9 @@ def cmd_upload(args: argparse.Namespace) -> int:
         print(json.dumps(dataset, indent=2))
     else:
         print(dataset["id"])
-        print(f"uploaded {path.name} as dataset {dataset['id']} ({dataset.get('num_classes')} classes, "
-              f"{dataset.get('num_train')} train / {dataset.get('num_val')} val images); use it with "
+        print(f"uploaded {path.name} as dataset {dataset.get('name')!r}, {dataset['id']} "
+              f"({dataset.get('num_classes')} classes, {dataset.get('num_train')} train / "
+              f"{dataset.get('num_val')} val images); use it with "
               f"--set dataset.name=imagefolder --set dataset.dataset_id={dataset['id']}", file=sys.stderr)
     return exits.OK
 
