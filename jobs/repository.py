@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, TypeVar
 
 from psycopg.types.json import Jsonb
 from sqlalchemy import and_, delete, func, insert, literal_column, or_, select, text, tuple_, update
@@ -38,6 +38,8 @@ _TEACHER_USABLE = ACTIVE | {JobStatus.SUCCEEDED}
 _READY = (Job.status == JobStatus.QUEUED.value, Job.phase.is_distinct_from(JobPhase.WAITING_FOR_TEACHER.value))
 _READY_SQL = " AND ".join(str(c.compile(compile_kwargs={"literal_binds": True})) for c in _READY)
 _ACTIVE = tuple(s.value for s in ordered(ACTIVE))
+
+UploadT = TypeVar("UploadT", UploadedModel, UploadedDataset)
 
 # The hot paths read these columns with plain SQL, in this order (see job_document).
 JOB_COLUMNS = (
@@ -468,30 +470,39 @@ class JobRepository:
             raise InUse(f"this {what} is the teacher of active jobs ({ids}); wait for them or cancel them",
                         code="teacher_in_use")
 
+    # ------------------------------------------------------------------ uploads (models, datasets)
+    def _add_upload(self, row: UploadT) -> UploadT:
+        with self.db.session() as session:
+            session.add(row)
+            session.flush()
+            session.refresh(row)
+        return row
+
+    def _list_uploads(self, kind: type[UploadT], owner: str, before: tuple[datetime, uuid.UUID] | None,
+                      limit: int) -> list[UploadT]:
+        """An owner's uploads of one kind, newest first, after the cursor `before`."""
+        query = select(kind).where(kind.owner == owner)
+        if before is not None:
+            query = query.where(tuple_(kind.created_at, kind.id) < tuple_(*before))
+        with self.db.session() as session:
+            return list(session.execute(query.order_by(kind.created_at.desc(), kind.id.desc()).limit(limit)).scalars())
+
+    def _get_upload(self, kind: type[UploadT], owner: str, upload_id: uuid.UUID, what: str) -> UploadT:
+        with self.db.session() as session:
+            row = session.execute(select(kind).where(kind.id == upload_id, kind.owner == owner)).scalar_one_or_none()
+        if row is None:
+            raise NotFound(f"{what} not found")
+        return row
+
     # ------------------------------------------------------------------ uploaded models
     def add_model(self, model: UploadedModel) -> UploadedModel:
-        with self.db.session() as session:
-            session.add(model)
-            session.flush()
-            session.refresh(model)
-        return model
+        return self._add_upload(model)
 
     def list_models(self, owner: str, *, before: tuple[datetime, uuid.UUID] | None, limit: int) -> list[UploadedModel]:
-        query = select(UploadedModel).where(UploadedModel.owner == owner)
-        if before is not None:
-            query = query.where(tuple_(UploadedModel.created_at, UploadedModel.id) < tuple_(*before))
-        with self.db.session() as session:
-            return list(session.execute(
-                query.order_by(UploadedModel.created_at.desc(), UploadedModel.id.desc()).limit(limit)).scalars())
+        return self._list_uploads(UploadedModel, owner, before, limit)
 
     def get_model(self, owner: str, model_id: uuid.UUID) -> UploadedModel:
-        with self.db.session() as session:
-            model = session.execute(
-                select(UploadedModel).where(UploadedModel.id == model_id, UploadedModel.owner == owner)
-            ).scalar_one_or_none()
-        if model is None:
-            raise NotFound("model not found")
-        return model
+        return self._get_upload(UploadedModel, owner, model_id, "model")
 
     def delete_model(self, owner: str, model_id: uuid.UUID) -> str:
         """Remove an uploaded model's row (refused while an active job uses it); returns its file's key."""
@@ -508,29 +519,14 @@ class JobRepository:
 
     # ------------------------------------------------------------------ uploaded datasets
     def add_dataset(self, dataset: UploadedDataset) -> UploadedDataset:
-        with self.db.session() as session:
-            session.add(dataset)
-            session.flush()
-            session.refresh(dataset)
-        return dataset
+        return self._add_upload(dataset)
 
     def list_datasets(self, owner: str, *, before: tuple[datetime, uuid.UUID] | None,
                       limit: int) -> list[UploadedDataset]:
-        query = select(UploadedDataset).where(UploadedDataset.owner == owner)
-        if before is not None:
-            query = query.where(tuple_(UploadedDataset.created_at, UploadedDataset.id) < tuple_(*before))
-        with self.db.session() as session:
-            return list(session.execute(
-                query.order_by(UploadedDataset.created_at.desc(), UploadedDataset.id.desc()).limit(limit)).scalars())
+        return self._list_uploads(UploadedDataset, owner, before, limit)
 
     def get_dataset(self, owner: str, dataset_id: uuid.UUID) -> UploadedDataset:
-        with self.db.session() as session:
-            dataset = session.execute(
-                select(UploadedDataset).where(UploadedDataset.id == dataset_id, UploadedDataset.owner == owner)
-            ).scalar_one_or_none()
-        if dataset is None:
-            raise NotFound("dataset not found")
-        return dataset
+        return self._get_upload(UploadedDataset, owner, dataset_id, "dataset")
 
     def delete_dataset(self, owner: str, dataset_id: uuid.UUID) -> str:
         """Remove a dataset's row (refused while an active job reads it); returns its archive's key."""
